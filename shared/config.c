@@ -882,7 +882,8 @@ static int parse_line(Parser *p, char *l, unsigned line) {
 
         if (*value == '\0') {
                 /* "Key=" resets to unset, like systemd. */
-                e->value = mfree(e->value);
+                free(e->value);
+                e->value = NULL;
                 e->file = NULL;
                 e->line = 0;
                 return 0;

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-/* halyard's configuration: /etc/halyard/halyard.conf plus drop-ins in
- * /etc/halyard/halyard.conf.d/*.conf (read in lexical order, later files
+/* halyard's configuration: /etc/halyard/halyard.conf plus drop-ins
+ * /etc/halyard/halyard.conf.d/NAME.conf (read in lexical order, later files
  * override earlier ones key by key), INI style like systemd's unit files:
  *
  *   # comment        ; comment
@@ -27,9 +27,9 @@ typedef struct Config Config;
 
 typedef enum ConfigType {
         CONFIG_STRING,
-        CONFIG_BOOL,     /* yes/no, true/false, on/off, 1/0 */
+        CONFIG_BOOL,     /* yes/no, true/false, on/off, 1/0 (any case) */
         CONFIG_UINT,     /* decimal, fits uint64 */
-        CONFIG_SIZE,     /* bytes with optional K, M, G (1024-based), e.g. 10M */
+        CONFIG_SIZE,     /* bytes with optional B, K, M, G, T (1024-based, any case, also KiB/KB), e.g. 10M */
         CONFIG_DURATION, /* e.g. 30s, 5min, 2h, 1d, 500ms, or a bare number of seconds; combinations "1h 30min" */
         CONFIG_ADDRESSES,/* whitespace or comma separated list of IPv4/IPv6 addresses or CIDR prefixes */
         CONFIG_LIST,     /* whitespace separated list of words */
@@ -43,7 +43,7 @@ typedef struct ConfigKey {
 
 typedef struct ConfigDiag {
         char *file;
-        unsigned line;
+        unsigned line;  /* 0: about the whole file or directory (I/O, too many drop-ins) */
         bool error;     /* false: warning */
         char *message;
 } ConfigDiag;
@@ -63,7 +63,9 @@ const char *config_default_path(void);
  * time, so a malformed value is an error now, not when first read.
  * Returns 0 if there were no errors (warnings allowed), -EINVAL if any value,
  * line or section was malformed (ret still set so diags can be read, but the
- * caller must not use it as a config), other -errno for I/O failures. */
+ * caller must not use it as a config), other -errno for I/O failures (ret
+ * also set, with a diag naming the file). *ret is NULL only after -ENOMEM or
+ * invalid arguments; otherwise the caller frees it with config_free(). */
 int config_load(const char *path, const ConfigKey *keys, Config **ret);
 /* Same from an in-memory buffer; name is used as the file name in diags. */
 int config_load_string(const char *name, const char *text, size_t len, const ConfigKey *keys, Config **ret);
@@ -71,7 +73,8 @@ Config *config_free(Config *c);
 
 size_t config_n_diags(const Config *c);
 const ConfigDiag *config_diag(const Config *c, size_t i);
-/* Writes every diag as "file:line: error: message" / "file:line: warning: message". */
+/* Writes every diag as "file:line: error: message" / "file:line: warning: message"
+ * ("file: error: message" when line is 0). */
 void config_print_diags(const Config *c, FILE *f);
 
 /* Typed getters: return 0 and set *ret when the key is set, -ENOENT when it is

@@ -23,6 +23,8 @@
 
 #include <systemd/sd-journal.h>
 
+#define JOURNAL_SOCKET "/run/systemd/journal/socket"
+
 static LogTarget log_target = LOG_TARGET_AUTO;     /* AUTO until resolved */
 static int log_max_level = LOG_INFO;
 static char log_identifier[64];
@@ -92,6 +94,12 @@ void log_setup(const char *identifier, LogTarget target) {
                 identifier = program_invocation_short_name;
         snprintf(log_identifier, sizeof log_identifier, "%s", identifier ? identifier : "");
 
+        /* sd_journal_sendv() reports success when the socket does not exist
+         * (libsystemd drops the entry on ENOENT), so a forced journal without
+         * journald would lose everything: check once here. With AUTO, a
+         * matching $JOURNAL_STREAM already shows journald runs. */
+        if (target == LOG_TARGET_JOURNAL && access(JOURNAL_SOCKET, F_OK) < 0)
+                target = LOG_TARGET_STDERR;
         log_target = target;
         (void) log_resolve_target();
 

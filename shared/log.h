@@ -46,7 +46,10 @@ typedef enum LogTarget {
  * "device:inode" matches fstat(STDERR_FILENO). Reads $HALYARD_LOG_LEVEL (0-7
  * or emerg/alert/crit/err/warning/notice/info/debug; invalid values are
  * ignored with a warning). Without log_setup() the target is AUTO and the
- * level LOG_INFO. A journal send that fails falls back to stderr. */
+ * level LOG_INFO. LOG_TARGET_JOURNAL means stderr when
+ * /run/systemd/journal/socket does not exist at this call (libsystemd
+ * silently drops entries then). A journal send that fails falls back to
+ * stderr for that entry. */
 void log_setup(const char *identifier, LogTarget target);
 /* Entries with a priority above level (less severe) are dropped. Clamped to 0..7. */
 void log_set_max_level(int level);

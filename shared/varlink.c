@@ -273,8 +273,6 @@ Varlink *varlink_unref(Varlink *link) {
         return NULL;
 }
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(Varlink *, varlink_unref);
-
 static void server_remove_connection(VarlinkServer *s, Varlink *link) {
         unsigned i = link->server_index;
         assert(i < s->n_connections && s->connections[i] == link);

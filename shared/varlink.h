@@ -26,6 +26,8 @@
 #include <sys/types.h>
 #include <systemd/sd-event.h>
 
+#include "macro.h"
+
 typedef struct Varlink Varlink;             /* one connection, either side */
 typedef struct VarlinkServer VarlinkServer;
 
@@ -173,6 +175,7 @@ int varlink_call_more_sync(Varlink *link, const char *method, json_object *param
 
 Varlink *varlink_ref(Varlink *link);
 Varlink *varlink_unref(Varlink *link);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Varlink *, varlink_unref);
 /* Closes the connection: pending client calls get VARLINK_ERROR_DISCONNECTED. */
 void varlink_close(Varlink *link);
 bool varlink_is_connected(Varlink *link);
