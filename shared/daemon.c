@@ -46,6 +46,7 @@ struct Daemon {
 
         bool draining;
         bool stopping_sent;
+        bool exit_requested;
 };
 
 /* sd_notify() returns > 0 when sent, 0 without $NOTIFY_SOCKET. */
@@ -104,6 +105,8 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
         Daemon *d = userdata;
         const char *sig = si->ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
 
+        if (d->exit_requested)
+                return 0;       /* keep the code daemon_exit() was given */
         if (d->draining) {
                 log_notice("Received %s again while draining, exiting now.", sig);
                 (void) daemon_exit(d, 0);
@@ -143,14 +146,15 @@ static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void
                 snprintf(msg, sizeof msg, "RELOADING=1");
         (void) notify(msg);
 
-        if (d->cb.reload)
+        if (d->cb.reload) {
                 r = d->cb.reload(d, d->userdata);
-
-        if (r < 0)
-                log_event(LOG_WARNING, LOG_MESSAGE_CONFIG_REFUSED, NULL,
-                          "Configuration reload refused, keeping the old configuration: %s", strerror(-r));
-        else
-                log_event(LOG_NOTICE, LOG_MESSAGE_CONFIG_RELOADED, NULL, "Configuration reloaded.");
+                if (r < 0)
+                        log_event(LOG_WARNING, LOG_MESSAGE_CONFIG_REFUSED, NULL,
+                                  "Configuration reload refused, keeping the old configuration: %s",
+                                  strerror(-r));
+                else
+                        log_event(LOG_NOTICE, LOG_MESSAGE_CONFIG_RELOADED, NULL, "Configuration reloaded.");
+        }
 
         (void) notify_ready(d);
         return 0;
@@ -339,6 +343,7 @@ int daemon_exit(Daemon *d, int code) {
         if (!d)
                 return -EINVAL;
         d->draining = true;
+        d->exit_requested = true;
         notify_stopping(d);
         return sd_event_exit(d->event, code);
 }

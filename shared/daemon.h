@@ -45,7 +45,7 @@ typedef struct DaemonCallbacks {
  * Call from the thread that runs e, before other threads exist. */
 int daemon_new(sd_event *e, const DaemonCallbacks *cb, void *userdata, Daemon **ret);
 Daemon *daemon_free(Daemon *d);
-DEFINE_TRIVIAL_CLEANUP_FUNC(Daemon *, daemon_free);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Daemon *, daemon_free)
 
 /* Returns the first inherited fd whose FileDescriptorName= is name and
  * removes it from the set (the caller owns it now), or -ENOENT. The fd is

@@ -310,10 +310,10 @@ static int log_send_journal(int level, int error, const char *message_id,
         r = snprintf(prio, sizeof prio, "PRIORITY=%i", level);
         iov[k++] = (struct iovec) { prio, (size_t) r };
 
-        if (log_identifier[0] != '\0') {
-                r = snprintf(ident, sizeof ident, "SYSLOG_IDENTIFIER=%s", log_identifier);
+        r = snprintf(ident, sizeof ident, "SYSLOG_IDENTIFIER=%s",
+                     log_identifier[0] != '\0' ? log_identifier : program_invocation_short_name);
+        if (r > 0 && (size_t) r < sizeof ident)
                 iov[k++] = (struct iovec) { ident, (size_t) r };
-        }
 
         if (error != 0) {
                 r = snprintf(errnobuf, sizeof errnobuf, "ERRNO=%i", error);

@@ -880,7 +880,8 @@ static int validate_value(const Type *t, json_object *v, unsigned depth) {
         case TYPE_OBJECT:
                 return jt == json_type_object ? 0 : -EINVAL;
         case TYPE_NAMED:
-                return validate_value(t->element, v, depth + 1);
+                /* The target is a struct or enum, which counts the level. */
+                return validate_value(t->element, v, depth);
         case TYPE_ENUM: {
                 if (jt != json_type_string)
                         return -EINVAL;

@@ -74,6 +74,24 @@ INNER_ENV = {
 
 DEFAULT_MASKS = ('systemd-networkd-wait-online.service',)
 
+# Run inside the container as: python3 -c CLIENT PATH METHOD PARAMS_JSON TIMEOUT
+# One call, one reply: a JSON object and a NUL each way (varlink framing).
+_VARLINK_CLIENT = r'''
+import json, socket, sys
+path, method, params, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(timeout)
+s.connect(path)
+s.sendall(json.dumps({"method": method, "parameters": json.loads(params)}).encode() + b"\0")
+buf = b""
+while b"\0" not in buf:
+    d = s.recv(65536)
+    if not d:
+        sys.exit("connection closed before a complete reply: %r" % buf)
+    buf += d
+sys.stdout.write(buf.split(b"\0", 1)[0].decode())
+'''
+
 Result = namedtuple('Result', 'rc stdout stderr')
 
 
@@ -461,11 +479,7 @@ class Container:
                                      timeout=timeout)
             rc = p.returncode
         except subprocess.TimeoutExpired:
-            # nsenter forks (PID namespace): kill its group, the command too.
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self._kill_nsenter(p)
             out, err = p.communicate()
             rc = -9
             err += b'\n[harness] timed out after %.1f s' % timeout
@@ -475,6 +489,27 @@ class Container:
                                % (self.name, ' '.join(map(shlex.quote, argv)), rc,
                                   res.stdout, res.stderr))
         return res
+
+    @staticmethod
+    def _kill_nsenter(p):
+        # nsenter forks the command into the container's PID namespace and
+        # waits for it. Kill the command first and let nsenter reap it: if
+        # nsenter died first, the orphan would be reparented to the HOST's
+        # PID 1 (it is nsenter's namespace that picks the reaper), which
+        # here is not systemd and reaps late; until then the zombie stays in
+        # the container's PID namespace and holds its shutdown ~10 s.
+        for c in _descendants(p.pid):
+            try:
+                os.kill(c, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            p.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def sh(self, script, **kw):
         return self.run('/bin/sh', '-ec', script, **kw)
@@ -486,7 +521,11 @@ class Container:
         """Create path (and its parents) inside the container."""
         data = content.encode() if isinstance(content, str) else content
         d = os.path.dirname(path)
-        script = ('umask 077; mkdir -p -- %s; tmp=$(mktemp %s.XXXXXX); cat > "$tmp"; '
+        # Missing parents get 0755 (umask 022): a sandboxed reader needs to
+        # traverse them (e.g. /etc/halyard for a DynamicUser= service).
+        # mktemp creates the file 0600; chmod/chown then mv make it appear
+        # complete and with its final mode at once.
+        script = ('umask 022; mkdir -p -- %s; tmp=$(mktemp %s.XXXXXX); cat > "$tmp"; '
                   'chmod %o "$tmp"; chown %s "$tmp"; mv -f -- "$tmp" %s'
                   % (shlex.quote(d), shlex.quote(path), mode, owner, shlex.quote(path)))
         self.sh(script, input=data, check=True)
@@ -504,6 +543,18 @@ class Container:
             if time.monotonic() > end:
                 raise HarnessError('timed out after %.1f s waiting for %s' % (timeout, what))
             time.sleep(interval)
+
+    def varlink_call(self, address, method, parameters=None, timeout=10.0):
+        """One varlink call from inside the container with a minimal python
+        client (no halyard code involved). Returns the reply object, e.g.
+        {"parameters": {...}} or {"error": "...", "parameters": {...}}."""
+        path = address[5:] if address.startswith('unix:') else address
+        r = self.run('/usr/bin/python3', '-c', _VARLINK_CLIENT, path, method,
+                     json.dumps(parameters or {}), str(timeout), timeout=timeout + 5)
+        if r.rc != 0:
+            raise HarnessError('varlink call %s on %s failed (exit %d): %s'
+                               % (method, address, r.rc, r.stderr.strip()))
+        return json.loads(r.stdout)
 
     def unit_property(self, unit, prop):
         return self.systemctl('show', '-p', prop, '--value', unit, check=True).stdout.strip()

@@ -178,7 +178,6 @@ int main(int argc, char **argv) {
                   "halyard-testd %s serving io.halyard.Test", HALYARD_VERSION);
         (void) daemon_ready(m.daemon);
         r = sd_event_loop(m.event);
-        log_event(LOG_INFO, LOG_MESSAGE_SERVICE_STOPPING, (const char *[]){ "HALYARD_SERVICE=testd", NULL },
-                  "halyard-testd stopped");
+        log_info("halyard-testd stopped");
         return r < 0 ? 1 : r;
 }

@@ -134,7 +134,6 @@ TEST(parse_size) {
                 uint64_t v = 4242;
 
                 ASSERT_ERR(config_parse_size(t[i].s, &v), t[i].ret);
-                ASSERT_EQ(v == t[i].want, t[i].ret == 0 || v == 4242);
                 if (t[i].ret == 0)
                         ASSERT_TRUE(v == t[i].want);
                 else
@@ -378,7 +377,6 @@ TEST(syntax_valid) {
                 { "[Smtpd]\nBanner=a \\ \n", "Smtpd", "Banner", "a \\" },
                 { "[Smtpd]\n# c \\\nBanner=b\n", "Smtpd", "Banner", "b" },
                 { "[Smtpd]\nBanner=\"a \\\nb\"\n", "Smtpd", "Banner", "a  b" },
-                { "[Smt\\\npd]\nBanner=x\n", "Smtpd", "Banner", NULL }, /* "[Smt pd]" */
                 /* CRLF */
                 { "[Queue]\r\nDirectory=x\r\n", "Queue", "Directory", "x" },
                 { "[Queue]\r\nDirectory=a\\\r\nb\r\n", "Queue", "Directory", "a b" },
@@ -449,6 +447,8 @@ TEST(syntax_errors) {
                   "t.conf:1: error: malformed section header \"[Queue] # x\"\n" },
                 { "[[Queue]]\n", 0,
                   "t.conf:1: error: malformed section header \"[[Queue]]\"\n" },
+                { "[Smt\\\npd]\nBanner=x\n", 0,
+                  "t.conf:1: error: malformed section header \"[Smt pd]\"\n" },
                 { "[Queue\x1b]\n", 0,
                   "t.conf:1: error: malformed section header \"[Queue\\x1b]\"\n" },
                 /* keys under a malformed header are not reported again */
@@ -1020,7 +1020,7 @@ TEST(dropins) {
         config_free(c);
 
         /* The main file's own values, and its path as given in locations. */
-        snprintf(path, sizeof path, "%s/halyard.conf.d/../halyard.conf.d/../halyard.conf", t.dir);
+        snprintf(path, sizeof path, "%s/./halyard.conf", t.dir);
         rm_rf(t.dropin);
         ASSERT_OK(config_load(path, keys, &c));
         ASSERT_OK(config_get_location(c, "Queue", "Directory", &file, &line));
@@ -1156,8 +1156,8 @@ TEST(large_file_on_disk) {
 
         ASSERT_ERR(config_load(t.main, keys, &c), -EINVAL);
         d = diags_text(c);
-        /* 2 lines + 131070 comment lines fill 1 MiB; line 131073 crosses it. */
-        ASSERT_TRUE(asprintf(&want, "%s:131073: error: file is larger than 1 MiB, ignoring it\n", t.main) > 0);
+        /* 18 bytes, then 8-byte lines: 1 MiB ends inside line 2 + 131069 + 1. */
+        ASSERT_TRUE(asprintf(&want, "%s:131072: error: file is larger than 1 MiB, ignoring it\n", t.main) > 0);
         ASSERT_STREQ(d, want);
         config_free(c);
 
@@ -1180,8 +1180,6 @@ TEST(limit_dropins) {
         write_file(t.dropin, "zzz.conf", "[Queue]\nWorkers=256\n");
         /* Not counted: other suffixes. */
         write_file(t.dropin, "zzz.txt", "");
-        ASSERT_OK(unlink("/dev/null/x") == 0 ? -1 : 0);
-        snprintf(name, sizeof name, "%03d.conf", 0);
 
         /* 257 drop-ins: refused. */
         ASSERT_ERR(config_load(t.main, keys, &c), -EINVAL);
@@ -1239,7 +1237,7 @@ TEST(print_diags) {
         _cleanup_free_ char *d = NULL;
 
         ASSERT_ERR(config_load_string("/etc/halyard/halyard.conf",
-                                      "[Queue]\nFoo=1\nMaxSize=10X\n", 27, keys, &c), -EINVAL);
+                                      "[Queue]\nFoo=1\nMaxSize=10X\n", 26, keys, &c), -EINVAL);
         d = diags_text(c);
         ASSERT_STREQ(d,
                      "/etc/halyard/halyard.conf:2: warning: unknown key \"Foo\" in section [Queue], ignoring\n"

@@ -459,6 +459,8 @@ static int cb_reload(Daemon *d, void *userdata) {
 static void step_exit(void *userdata) {
         SignalCtx *c = userdata;
         (void) daemon_exit(c->d, c->exit_code);
+        /* A signal after daemon_exit() must not change the exit code. */
+        raise(SIGTERM);
 }
 
 static void cb_drain_then_exit(Daemon *d, void *userdata) {

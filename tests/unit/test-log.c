@@ -463,7 +463,7 @@ static void fake_journald_child(void) {
         int fd, n;
 
         if (unshare(CLONE_NEWNS) < 0 ||
-            mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+            mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0 ||
             mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0) {
                 dprintf(report_fd, "no private mount namespace: %s", strerror(errno));
                 _exit(2);

@@ -686,9 +686,11 @@ TEST(validate_deep_json) {
                         json_object_put(inner);
                         inner = next;
                 }
-                if (depth <= 10) {
+                /* up to 128 levels are followed */
+                if (depth <= 100) {
                         ASSERT_OK(r);
-                } else if (depth >= 1000) {
+                        ASSERT_NULL(field);
+                } else {
                         ASSERT_ERR(r, -EINVAL);
                         ASSERT_STREQ(field, "n");
                         field = (free(field), NULL);

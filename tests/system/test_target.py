@@ -1,0 +1,267 @@
+#!/usr/bin/python3
+"""System test: `systemctl enable --now halyard.target` in a booted container.
+
+Stages an install of the source tree (prefix /usr, install_tests=true), boots
+an ephemeral container with it over /usr (see container.py), and checks:
+
+  1. halyard.target enables and starts, and pulls in halyard-testd.socket
+     (/run/halyard/io.halyard.Test, mode 0666, registry symlink);
+  2. the harness and systemd work: a transient DynamicUser unit runs;
+  3. halyard-testd, socket-activated: a varlink GetInfo (raw python client,
+     and halyardctl when the stage has it) starts it, it is active with a
+     STATUS=, journalctl has its start entries, it got its credential, config
+     and state directory, runs sandboxed (no caps, NoNewPrivs, seccomp,
+     unprivileged), `systemctl reload` applies a new config and refuses a
+     bad one (old one keeps running), `systemctl stop` drains cleanly and the
+     socket re-activates it.
+
+Run (as root):
+  /usr/bin/python3 tests/system/test_target.py [--source-root DIR] [--work-dir DIR]
+                                               [--stage DIR] [unittest args, e.g. -v]
+  --source-root  the tree to build (default: this file's ../..; --build-root
+                 is accepted as an alias); env HALYARD_SOURCE_ROOT
+  --work-dir     private build + stage + logs (default SOURCE/build-systest);
+                 env HALYARD_SYSTEST_DIR
+  --stage        use this staged install (a DESTDIR with usr/) instead of
+                 building one; env HALYARD_STAGE
+Exit status: 0 pass, 1 fail, 77 everything skipped.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import container  # noqa: E402
+
+ADDRESS = 'unix:/run/halyard/io.halyard.Test'
+SOCKET_PATH = '/run/halyard/io.halyard.Test'
+TESTD = '/usr/libexec/halyard/halyard-testd'
+HALYARDCTL = '/usr/bin/halyardctl'
+SERVICE = 'halyard-testd.service'
+SOCKET = 'halyard-testd.socket'
+
+CONFIG = '# written by tests/system/test_target.py\n[Test]\nGreeting=hello from the system test\n'
+CONFIG_RELOADED = '# written by tests/system/test_target.py\n[Test]\nGreeting=reloaded\n'
+# Refused by `halyard-testd --check` (MaxConnections is a number).
+CONFIG_BAD = '[Test]\nGreeting=must not be applied\nMaxConnections=many\n'
+SECRET = 'system-test-secret\n'
+
+ARGS = None
+
+
+def parse_args(argv):
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument('--source-root', '--build-root', dest='source_root',
+                    default=os.environ.get('HALYARD_SOURCE_ROOT') or os.path.dirname(os.path.dirname(here)))
+    ap.add_argument('--work-dir', default=os.environ.get('HALYARD_SYSTEST_DIR'))
+    ap.add_argument('--stage', default=os.environ.get('HALYARD_STAGE'))
+    args, rest = ap.parse_known_args(argv)
+    args.source_root = os.path.abspath(args.source_root)
+    args.work_dir = os.path.abspath(args.work_dir or os.path.join(args.source_root, 'build-systest'))
+    return args, rest
+
+
+class HalyardTargetTest(unittest.TestCase):
+    maxDiff = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.t_start = time.monotonic()
+        cls.timings = {}
+        cls.c = None
+        cls.addClassCleanup(cls._teardown)
+        os.makedirs(ARGS.work_dir, exist_ok=True)
+
+        t = time.monotonic()
+        cls.stage = ARGS.stage or container.stage_install(ARGS.source_root, ARGS.work_dir)
+        cls.timings['stage'] = time.monotonic() - t
+        cls.has_testd = os.access(os.path.join(cls.stage, TESTD.lstrip('/')), os.X_OK)
+        cls.has_ctl = os.access(os.path.join(cls.stage, HALYARDCTL.lstrip('/')), os.X_OK)
+
+        cls.c = container.Container(cls.stage, log_dir=ARGS.work_dir)
+        cls.c.start()
+        cls.timings['boot'] = cls.c.boot_seconds
+
+        t = time.monotonic()
+        c = cls.c
+        c.write_file('/etc/halyard/halyard.conf', CONFIG, mode=0o644)
+        c.run('install', '-d', '-m', '0700', '/etc/credstore', check=True)
+        c.write_file('/etc/credstore/test-secret', SECRET, mode=0o600)
+        c.setup_snippets()
+        cls.enable = c.systemctl('enable', '--now', 'halyard.target', timeout=60)
+        cls.timings['setup'] = time.monotonic() - t
+        cls.t_tests = time.monotonic()
+
+    @classmethod
+    def _teardown(cls):
+        if cls.c is None:
+            return
+        cls.timings['tests'] = time.monotonic() - getattr(cls, 't_tests', time.monotonic())
+        name = cls.c.name
+        if cls.c.pid is not None and not cls.c._stopped:
+            # Keep the halyard part of the journal next to the nspawn log.
+            try:
+                r = cls.c.run('journalctl', '--no-pager', '-o', 'short-monotonic',
+                              '-u', 'halyard*', timeout=10)
+                with open(os.path.join(ARGS.work_dir, '%s.journal.txt' % name), 'w') as f:
+                    f.write(r.stdout)
+            except Exception as e:
+                print('journal dump failed:', e, file=sys.stderr)
+        cls.c.stop()
+        cls.timings['teardown'] = cls.c.stop_seconds or 0.0
+        cls.timings['total'] = time.monotonic() - cls.t_start
+        print('\ntimings: ' + ', '.join('%s %.2f s' % kv for kv in cls.timings.items()),
+              file=sys.stderr, flush=True)
+        left = container.leftovers(name)
+        if left:
+            raise AssertionError('container %s left behind:\n%s' % (name, '\n'.join(left)))
+
+    # -- helpers -------------------------------------------------------------
+
+    def sctl(self, *args, **kw):
+        return self.c.systemctl(*args, **kw)
+
+    def is_active(self, unit):
+        return self.sctl('is-active', unit).stdout.strip()
+
+    def prop(self, unit, name):
+        return self.c.unit_property(unit, name)
+
+    def status(self):
+        reply = self.c.varlink_call(ADDRESS, 'io.halyard.Test.GetStatus')
+        self.assertNotIn('error', reply, reply)
+        return reply.get('parameters') or {}
+
+    def proc_status(self, pid):
+        fields = {}
+        for line in self.c.read_file('/proc/%d/status' % pid).splitlines():
+            k, _, v = line.partition(':')
+            fields[k] = v.strip()
+        return fields
+
+    # -- tests -----------------------------------------------------------------
+
+    def test_01_target(self):
+        e = self.enable
+        self.assertEqual(e.rc, 0, 'enable --now halyard.target:\n%s%s' % (e.stdout, e.stderr))
+        self.assertEqual(self.sctl('is-enabled', 'halyard.target').stdout.strip(), 'enabled')
+        self.assertEqual(self.sctl('is-active', 'halyard.target', SOCKET).stdout.split(),
+                         ['active', 'active'])
+        self.assertIn(SOCKET, self.prop('halyard.target', 'Wants').split())
+        self.assertEqual(self.c.run('stat', '-c', '%a %U %G', '/run/halyard', check=True).stdout.strip(),
+                         '755 root root')
+        self.assertEqual(self.c.run('stat', '-c', '%F %a', SOCKET_PATH, check=True).stdout.strip(),
+                         'socket 666')
+        self.assertEqual(self.c.run('readlink', '/run/varlink/registry/io.halyard.Test',
+                                    check=True).stdout.strip(), SOCKET_PATH)
+        # Nothing connected yet: socket activation has not started it.
+        self.assertEqual(self.is_active(SERVICE), 'inactive')
+
+    def test_02_transient_unit(self):
+        r = self.c.run('systemd-run', '--wait', '--collect', '--pipe', '--quiet',
+                       '-p', 'DynamicUser=yes', '-p', 'PrivateNetwork=yes',
+                       '/usr/bin/id', '-u', timeout=30)
+        self.assertEqual(r.rc, 0, r.stderr)
+        self.assertNotEqual(int(r.stdout.strip()), 0)
+
+    def test_03_testd(self):
+        if not self.has_testd:
+            self.skipTest('%s not in the staged install (built only with -Dinstall_tests=true)' % TESTD)
+        c = self.c
+
+        # Socket activation by a varlink call.
+        self.assertEqual(self.is_active(SERVICE), 'inactive')
+        reply = c.varlink_call(ADDRESS, 'org.varlink.service.GetInfo', timeout=20)
+        self.assertNotIn('error', reply, reply)
+        info = reply['parameters']
+        self.assertIn('io.halyard.Test', info['interfaces'])
+        self.assertIn('org.varlink.service', info['interfaces'])
+        self.assertEqual(self.is_active(SERVICE), 'active')
+        if self.has_ctl:
+            r = c.run(HALYARDCTL, 'info', ADDRESS, timeout=20)
+            self.assertEqual(r.rc, 0, r.stderr)
+            self.assertIn('io.halyard.Test', r.stdout)
+        pid = int(self.prop(SERVICE, 'MainPID'))
+        self.assertGreater(pid, 0)
+
+        # sd_notify STATUS=, journal entries from PID 1 and from the daemon.
+        c.wait_for(lambda: self.prop(SERVICE, 'StatusText'), what='StatusText')
+        def journal_has_start():
+            j = c.run('journalctl', '--no-pager', '-o', 'cat', '-u', SERVICE).stdout
+            return re.search(r'^Started halyard-testd\.service', j, re.M)
+        c.wait_for(journal_has_start, timeout=10, what='"Started" entry in journalctl -u')
+        c.wait_for(lambda: c.run('journalctl', '--no-pager', '-o', 'cat', '_SYSTEMD_UNIT=' + SERVICE,
+                                 'HALYARD_SERVICE=testd').stdout.strip(),
+                   timeout=10, what="the daemon's own HALYARD_SERVICE=testd journal entry")
+
+        # Credential, config, state directory, as the daemon reports them.
+        st = self.status()
+        self.assertEqual(st['greeting'], 'hello from the system test')
+        self.assertTrue(st['secretLoaded'], st)
+        self.assertEqual(st['stateDirectory'], '/var/lib/halyard-test')
+        self.assertEqual(c.run('test', '-f', '/run/credentials/%s/test-secret' % SERVICE).rc, 0)
+
+        # The sandbox took effect.
+        ps = self.proc_status(pid)
+        self.assertNotEqual(ps['Uid'].split()[0], '0', ps['Uid'])
+        for cap in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb'):
+            self.assertEqual(int(ps[cap], 16), 0, '%s=%s' % (cap, ps[cap]))
+        self.assertEqual(ps['NoNewPrivs'], '1')
+        self.assertEqual(ps['Seccomp'], '2')
+
+        # Reload: a good config is applied, in the same process.
+        c.write_file('/etc/halyard/halyard.conf', CONFIG_RELOADED, mode=0o644)
+        r = self.sctl('reload', SERVICE, timeout=60)
+        self.assertEqual(r.rc, 0, r.stderr)
+        c.wait_for(lambda: self.status()['greeting'] == 'reloaded', timeout=10, what='reloaded greeting')
+        self.assertEqual(int(self.prop(SERVICE, 'MainPID')), pid)
+
+        # A bad config is refused by ExecReload=--check; the old one stays.
+        c.write_file('/etc/halyard/halyard.conf', CONFIG_BAD, mode=0o644)
+        r = self.sctl('reload', SERVICE, timeout=60)
+        self.assertNotEqual(r.rc, 0, 'reload with a bad config succeeded')
+        self.assertEqual(self.is_active(SERVICE), 'active')
+        self.assertEqual(int(self.prop(SERVICE, 'MainPID')), pid)
+        self.assertEqual(self.status()['greeting'], 'reloaded')
+        c.write_file('/etc/halyard/halyard.conf', CONFIG_RELOADED, mode=0o644)
+
+        # Stop: clean exit (SIGTERM drains), the socket stays and re-activates.
+        r = self.sctl('stop', SERVICE, timeout=60)
+        self.assertEqual(r.rc, 0, r.stderr)
+        self.assertEqual(self.is_active(SERVICE), 'inactive')
+        self.assertEqual(self.prop(SERVICE, 'Result'), 'success')
+        self.assertEqual(self.is_active(SOCKET), 'active')
+        self.assertEqual(c.run('test', '-S', SOCKET_PATH).rc, 0, 'socket node gone after stop')
+        reply = c.varlink_call(ADDRESS, 'io.halyard.Test.Ping', timeout=20)
+        self.assertNotIn('error', reply, reply)
+        self.assertEqual(self.is_active(SERVICE), 'active')
+        self.assertNotEqual(int(self.prop(SERVICE, 'MainPID')), pid)
+
+        r = self.sctl('stop', 'halyard.target', SERVICE, SOCKET, timeout=60)
+        self.assertEqual(r.rc, 0, r.stderr)
+        self.assertEqual(self.prop(SERVICE, 'Result'), 'success')
+
+
+def main():
+    global ARGS
+    ARGS, rest = parse_args(sys.argv[1:])
+    if os.geteuid() != 0:
+        print('SKIP: needs root (systemd-nspawn)')
+        return 77
+    prog = unittest.main(argv=[sys.argv[0]] + rest, exit=False, verbosity=2)
+    res = prog.result
+    if not res.wasSuccessful():
+        return 1
+    if res.testsRun and len(res.skipped) == res.testsRun:
+        return 77
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
