@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 
@@ -133,6 +134,7 @@ struct Varlink {
         FdBatch *fd_batches;
         unsigned n_fd_batches;
         bool read_eof;
+        json_tokener *tok;
 
         /* the message being handled */
         int msg_fds[VARLINK_FDS_MAX];
@@ -253,6 +255,8 @@ static void varlink_free(Varlink *link) {
         free(link->pending);
         json_object_put(link->sync_reply);
         free(link->sync_error);
+        if (link->tok)
+                json_tokener_free(link->tok);
         if (link->event)
                 sd_event_unref(link->event);
         free(link);
@@ -369,10 +373,14 @@ static size_t out_pending(const Varlink *link) {
         return link->out_size - link->out_pos;
 }
 
-/* Appends one complete message (JSON text without the NUL) to the output,
- * with the fds queued by varlink_push_fd(). */
-static int enqueue_message(Varlink *link, const char *json, size_t len) {
+/* Appends one complete message (JSON text without the NUL, given in parts)
+ * to the output, with the fds queued by varlink_push_fd(). */
+static int enqueue_message_parts(Varlink *link, const struct iovec *parts, size_t n_parts) {
+        size_t len = 0;
         int r;
+
+        for (size_t i = 0; i < n_parts; i++)
+                len += parts[i].iov_len;
 
         if (!link->connected)
                 return -ENOTCONN;
@@ -409,10 +417,17 @@ static int enqueue_message(Varlink *link, const char *json, size_t len) {
                 link->n_push_fds = 0;
         }
 
-        memcpy(link->out + link->out_size, json, len);
-        link->out[link->out_size + len] = 0;
-        link->out_size += len + 1;
+        for (size_t i = 0; i < n_parts; i++) {
+                memcpy(link->out + link->out_size, parts[i].iov_base, parts[i].iov_len);
+                link->out_size += parts[i].iov_len;
+        }
+        link->out[link->out_size++] = 0;
         return 0;
+}
+
+static int enqueue_message(Varlink *link, const char *json, size_t len) {
+        struct iovec part = { .iov_base = (void *) json, .iov_len = len };
+        return enqueue_message_parts(link, &part, 1);
 }
 
 static int enqueue_json(Varlink *link, json_object *o) {
@@ -588,13 +603,16 @@ static int next_message(Varlink *link, json_object **ret) {
                 memmove(link->fd_batches, link->fd_batches + 1, --link->n_fd_batches * sizeof *b);
         }
 
-        json_tokener *tok = json_tokener_new_ex(64);
-        if (!tok)
-                return -ENOMEM;
-        json_object *o = json_tokener_parse_ex(tok, start, (int) len);
-        enum json_tokener_error jerr = json_tokener_get_error(tok);
-        size_t used = json_tokener_get_parse_end(tok);
-        json_tokener_free(tok);
+        if (!link->tok) {
+                /* Depth 64 is plenty for any halyard interface. */
+                link->tok = json_tokener_new_ex(64);
+                if (!link->tok)
+                        return -ENOMEM;
+        }
+        json_tokener_reset(link->tok);
+        json_object *o = json_tokener_parse_ex(link->tok, start, (int) len);
+        enum json_tokener_error jerr = json_tokener_get_error(link->tok);
+        size_t used = json_tokener_get_parse_end(link->tok);
         if (!o || jerr != json_tokener_success || used != len || !json_object_is_type(o, json_type_object)) {
                 json_object_put(o);
                 return -EBADMSG;
@@ -668,15 +686,12 @@ static int send_reply(Varlink *link, const char *error, json_object *parameters,
         int hlen = error ? snprintf(head, sizeof head, "{\"error\":\"%s\",\"parameters\":", error)
                          : snprintf(head, sizeof head, "{\"parameters\":");
         const char *tail = continues ? ",\"continues\":true}" : "}";
-        size_t tlen = strlen(tail), total = (size_t) hlen + plen + tlen;
-
-        _cleanup_free_ char *msg = malloc(total);
-        if (!msg)
-                return -ENOMEM;
-        memcpy(msg, head, (size_t) hlen);
-        memcpy(msg + hlen, p, plen);
-        memcpy(msg + hlen + plen, tail, tlen);
-        r = enqueue_message(link, msg, total);
+        struct iovec parts[] = {
+                { .iov_base = head, .iov_len = (size_t) hlen },
+                { .iov_base = (void *) p, .iov_len = plen },
+                { .iov_base = (void *) tail, .iov_len = strlen(tail) },
+        };
+        r = enqueue_message_parts(link, parts, ELEMENTSOF(parts));
         if (r == -EMSGSIZE && !error)
                 /* Tell the caller rather than leave it waiting. */
                 (void) send_reply(link, VARLINK_ERROR_MESSAGE_TOO_LARGE, NULL, false);

@@ -3,7 +3,7 @@
 
 For every unit in units/ and tests/system/units/:
   0. halyard's own rules: no RuntimeDirectory=halyard, every halyard-*.socket
-     and .timer has [Install] WantedBy=halyard.target;
+     and .timer has PartOf=halyard.target and [Install] WantedBy=halyard.target;
   1. `systemd-analyze verify --recursive-errors=one` -- any warning or error
      (unknown key, bad value, missing dependency, missing executable, missing
      man page in Documentation=) fails;
@@ -85,6 +85,8 @@ def lint(path):
     if name.startswith('halyard-') and name.endswith(('.socket', '.timer')):
         if 'halyard.target' not in keys.get('WantedBy', []):
             errors.append('%s: needs [Install] WantedBy=halyard.target' % name)
+        if 'halyard.target' not in keys.get('PartOf', []):
+            errors.append('%s: needs PartOf=halyard.target' % name)
     return errors
 
 

@@ -74,6 +74,19 @@ INNER_ENV = {
 
 DEFAULT_MASKS = ('systemd-networkd-wait-online.service',)
 
+# The empty /etc makes systemd run `preset-all` at every boot of the
+# container, and Debian's presets enable everything: halyard.target would
+# be enabled and started before the test could do it. This preset (in an
+# extra /usr layer above the stage) keeps halyard's units disabled at boot,
+# i.e. "package installed, not enabled yet", the state an operator's
+# `systemctl enable --now halyard.target` starts from.
+DEFAULT_USR_FILES = {
+    'lib/systemd/system-preset/00-halyard-systest.preset':
+        '# tests/system/container.py: installed, not enabled\n'
+        'disable halyard.target\n'
+        'disable halyard-*\n',
+}
+
 # Run inside the container as: python3 -c CLIENT PATH METHOD PARAMS_JSON TIMEOUT
 # One call, one reply: a JSON object and a NUL each way (varlink framing).
 _VARLINK_CLIENT = r'''
@@ -270,7 +283,8 @@ class Container:
     """One booted ephemeral container. Use as a context manager."""
 
     def __init__(self, stage=None, name=None, boot_timeout=60.0, stop_timeout=15.0,
-                 masks=DEFAULT_MASKS, kernel_args=(), nspawn_args=(), log_dir=None):
+                 masks=DEFAULT_MASKS, kernel_args=(), nspawn_args=(), log_dir=None,
+                 usr_files=None):
         self.stage = os.path.abspath(stage) if stage else None
         # Machine names: hostname rules, <= 64 chars; unique per run.
         self.name = name or 'halyard-st-%d-%s' % (os.getpid(), uuid.uuid4().hex[:8])
@@ -280,6 +294,9 @@ class Container:
         self.kernel_args = tuple(kernel_args)
         self.nspawn_args = tuple(nspawn_args)
         self.log_dir = log_dir
+        # {path relative to /usr: content}, laid over the stage.
+        self.usr_files = dict(DEFAULT_USR_FILES if usr_files is None else usr_files)
+        self._usr_layer = None
         self.log_path = None
         self.proc = None
         self.pid = None           # container PID 1, as seen from the host
@@ -295,13 +312,18 @@ class Container:
     def command(self):
         cmd = [NSPAWN, '-D', '/', '--volatile=yes', '--register=no', '--keep-unit',
                '-M', self.name, '--console=passive', '--private-network']
+        layers = ['/usr']     # lowest first; nspawn puts the last one on top
         if self.stage:
             usr = os.path.join(self.stage, 'usr')
             if not os.path.isdir(usr):
                 raise HarnessError('stage %s has no usr/' % self.stage)
-            if ':' in usr:
-                raise HarnessError('stage path must not contain ":": %s' % usr)
-            cmd.append('--overlay-ro=/usr:%s:/usr' % usr)
+            layers.append(usr)
+        if self._usr_layer:
+            layers.append(os.path.join(self._usr_layer, 'usr'))
+        if len(layers) > 1:
+            if any(':' in l for l in layers):
+                raise HarnessError('overlay paths must not contain ":": %s' % layers)
+            cmd.append('--overlay-ro=%s:/usr' % ':'.join(layers))
         cmd += list(self.nspawn_args)
         cmd += ['-b', 'systemd.firstboot=off']
         cmd += ['systemd.mask=%s' % m for m in self.masks]
@@ -311,20 +333,30 @@ class Container:
     def start(self):
         if os.geteuid() != 0:
             raise HarnessError('the container harness needs root')
+        if self.proc is not None or self._stopped:
+            raise HarnessError('a Container boots once; make a new one')
         _install_handlers()
-        cmd = self.command()
-        log_dir = self.log_dir or (self.stage and os.path.dirname(self.stage)) or '/tmp'
-        os.makedirs(log_dir, exist_ok=True)
-        self.log_path = os.path.join(log_dir, '%s.nspawn.log' % self.name)
-        self._log_file = open(self.log_path, 'w')
-        log('booting', self.name, '(nspawn log: %s)' % self.log_path)
-        log('$', ' '.join(shlex.quote(c) for c in cmd))
-        t0 = time.monotonic()
         with _live_lock:
-            # Registered before the fork: a signal right after it still
-            # finds the container to tear down.
+            # Registered before anything is created: a signal from here on
+            # still finds the container to tear down.
             _live.add(self)
+        t0 = time.monotonic()
         try:
+            log_dir = self.log_dir or (self.stage and os.path.dirname(self.stage)) or '/tmp'
+            os.makedirs(log_dir, exist_ok=True)
+            if self.usr_files:
+                self._usr_layer = os.path.join(log_dir, '%s.usr' % self.name)
+                for rel, content in self.usr_files.items():
+                    p = os.path.join(self._usr_layer, 'usr', rel)
+                    os.makedirs(os.path.dirname(p), exist_ok=True)
+                    with open(p, 'w') as f:
+                        f.write(content)
+            cmd = self.command()
+            self.log_path = os.path.join(log_dir, '%s.nspawn.log' % self.name)
+            self._log_file = open(self.log_path, 'w')
+            log('booting', self.name, '(nspawn log: %s)' % self.log_path)
+            log('$', ' '.join(shlex.quote(c) for c in cmd))
+            t0 = time.monotonic()
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -408,6 +440,8 @@ class Container:
                     _live.discard(self)
                 if self._log_file:
                     self._log_file.close()
+                if self._usr_layer:
+                    shutil.rmtree(self._usr_layer, ignore_errors=True)
 
     def _stop(self):
         t0 = time.monotonic()
