@@ -356,6 +356,8 @@ static int config_io_error(Config *c, const char *name, int r) {
         char buf[128];
         int q;
 
+        if (r == -ENOMEM)
+                return r;
         q = config_intern_file(c, name, &file);
         if (q < 0)
                 return q;
@@ -941,6 +943,10 @@ static int config_parse_text(Config *c, const char *file, const char *text, size
                 return config_add_diag(c, file, line, true, "file is larger than 1 MiB, ignoring it");
         }
 
+        /* Like systemd, ignore a UTF-8 byte order mark some editors write. */
+        if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0)
+                pos = 3;
+
         while (pos < len && !c->stop) {
                 const char *l = text + pos, *eol;
                 size_t n, k = 0, backslashes = 0;
@@ -1039,7 +1045,7 @@ static int config_load_file(Config *c, int dir_fd, const char *name, const char 
         _cleanup_free_ char *text = NULL;
         const char *file;
         struct stat st;
-        size_t len;
+        size_t len = 0;
         int r;
 
         /* stat first: opening a device or FIFO could block or have side effects. */

@@ -354,8 +354,8 @@ static int log_send_journal(int level, int error, const char *message_id,
         return sd_journal_sendv(iov, (int) k);
 }
 
-static int log_internal(int priority, int error, const char *message_id,
-                        const char *const *fields, const char *format, va_list ap) {
+_printf_(5, 0) static int log_internal(int priority, int error, const char *message_id,
+                                       const char *const *fields, const char *format, va_list ap) {
         int level = LOG_PRI(priority);
         int saved_errno = errno;
         int e = error < 0 ? -error : error;
@@ -373,7 +373,7 @@ static int log_internal(int priority, int error, const char *message_id,
         /* glibc's %m prints strerror(errno). */
         if (e != 0)
                 errno = e;
-        r = vsnprintf(text, text_size, format ? format : "", ap);
+        r = format ? vsnprintf(text, text_size, format, ap) : 0;
         if (r < 0) {
                 text[0] = '\0';
                 len = 0;

@@ -75,7 +75,7 @@ bool log_field_name_valid(const char *field);
  * Stderr: one line "<N>message" (N = priority); extra fields are not written;
  * control characters, DEL and invalid UTF-8 in the message become \xNN so one
  * entry stays one line (backslashes are kept as they are). */
-int log_fullv(int priority, int error, const char *const *fields, const char *format, va_list ap);
+int log_fullv(int priority, int error, const char *const *fields, const char *format, va_list ap) _printf_(4, 0);
 int log_full(int priority, int error, const char *const *fields, const char *format, ...) _printf_(4, 5);
 
 /* Structured event: MESSAGE_ID plus HALYARD_* fields, e.g.

@@ -119,7 +119,11 @@ class VarlinkConn:
         self.timeout = timeout
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(self.path)
+        try:
+            self.sock.connect(self.path)
+        except BaseException:
+            self.sock.close()
+            raise
         self.buf = b""
         self.eof = False
         self.received_fds = []

@@ -98,6 +98,8 @@ def main():
                     help='staged install (DESTDIR) whose binaries Exec*= may use')
     ap.add_argument('--limit', type=float, default=1.2)
     args = ap.parse_args()
+    if args.stage:
+        args.stage = os.path.abspath(args.stage)
 
     analyze = shutil.which('systemd-analyze')
     if not analyze:

@@ -19,13 +19,17 @@ an ephemeral container with it over /usr (see container.py), and checks:
 
 Run (as root):
   /usr/bin/python3 tests/system/test_target.py [--source-root DIR] [--work-dir DIR]
-                                               [--stage DIR] [unittest args, e.g. -v]
+                                               [--stage DIR] [--build-dir DIR]
+                                               [unittest args, e.g. -v]
   --source-root  the tree to build (default: this file's ../..; --build-root
                  is accepted as an alias); env HALYARD_SOURCE_ROOT
   --work-dir     private build + stage + logs (default SOURCE/build-systest);
                  env HALYARD_SYSTEST_DIR
   --stage        use this staged install (a DESTDIR with usr/) instead of
                  building one; env HALYARD_STAGE
+  --build-dir    stage this build dir as is (meson install --no-rebuild) if
+                 it is configured with prefix=/usr and install_tests=true;
+                 otherwise a private build is used; env HALYARD_BUILD_DIR
 Exit status: 0 pass, 1 fail, 77 everything skipped.
 """
 
@@ -63,6 +67,7 @@ def parse_args(argv):
                     default=os.environ.get('HALYARD_SOURCE_ROOT') or os.path.dirname(os.path.dirname(here)))
     ap.add_argument('--work-dir', default=os.environ.get('HALYARD_SYSTEST_DIR'))
     ap.add_argument('--stage', default=os.environ.get('HALYARD_STAGE'))
+    ap.add_argument('--build-dir', default=os.environ.get('HALYARD_BUILD_DIR'))
     args, rest = ap.parse_known_args(argv)
     args.source_root = os.path.abspath(args.source_root)
     args.work_dir = os.path.abspath(args.work_dir or os.path.join(args.source_root, 'build-systest'))
@@ -77,11 +82,13 @@ class HalyardTargetTest(unittest.TestCase):
         cls.t_start = time.monotonic()
         cls.timings = {}
         cls.c = None
+        cls.lock = container.WorkDirLock(ARGS.work_dir).acquire()
+        cls.addClassCleanup(cls.lock.release)
         cls.addClassCleanup(cls._teardown)
-        os.makedirs(ARGS.work_dir, exist_ok=True)
 
         t = time.monotonic()
-        cls.stage = ARGS.stage or container.stage_install(ARGS.source_root, ARGS.work_dir)
+        cls.stage = ARGS.stage or container.stage_install(ARGS.source_root, ARGS.work_dir,
+                                                          reuse_build=ARGS.build_dir)
         cls.timings['stage'] = time.monotonic() - t
         cls.has_testd = os.access(os.path.join(cls.stage, TESTD.lstrip('/')), os.X_OK)
         cls.has_ctl = os.access(os.path.join(cls.stage, HALYARDCTL.lstrip('/')), os.X_OK)
@@ -95,7 +102,7 @@ class HalyardTargetTest(unittest.TestCase):
         c.write_file('/etc/halyard/halyard.conf', CONFIG, mode=0o644)
         c.run('install', '-d', '-m', '0700', '/etc/credstore', check=True)
         c.write_file('/etc/credstore/test-secret', SECRET, mode=0o600)
-        c.setup_snippets()
+        c.setup_snippets(reload=False)  # enable below reloads
         cls.before = (c.systemctl('is-enabled', 'halyard.target').stdout.strip(),
                       c.systemctl('is-active', 'halyard.target', SOCKET).stdout.split())
         cls.enable = c.systemctl('enable', '--now', 'halyard.target', timeout=60)

@@ -391,6 +391,9 @@ TEST(syntax_valid) {
                 /* case-sensitive names */
                 { "[queue]\nDirectory=x\n", "Queue", "Directory", NULL },
                 { "[Queue]\ndirectory=x\n", "Queue", "Directory", NULL },
+                /* a UTF-8 byte order mark is skipped, only at the start */
+                { "\xef\xbb\xbf[Queue]\nDirectory=x\n", "Queue", "Directory", "x" },
+                { "[Queue]\nDirectory=\xef\xbb\xbfx\n", "Queue", "Directory", "\xef\xbb\xbfx" },
                 /* empty input */
                 { "", "Queue", "Directory", NULL },
                 { "\n\n\n", "Queue", "Directory", NULL },
@@ -447,6 +450,8 @@ TEST(syntax_errors) {
                   "t.conf:1: error: malformed section header \"[Queue] # x\"\n" },
                 { "[[Queue]]\n", 0,
                   "t.conf:1: error: malformed section header \"[[Queue]]\"\n" },
+                { "\xef\xbb\xbf\xef\xbb\xbf[Queue]\n", 0,
+                  "t.conf:1: error: missing '=' in \"\\xef\\xbb\\xbf[Queue]\"\n" },
                 { "[Smt\\\npd]\nBanner=x\n", 0,
                   "t.conf:1: error: malformed section header \"[Smt pd]\"\n" },
                 { "[Queue\x1b]\n", 0,
@@ -977,9 +982,10 @@ TEST(dropins) {
         write_file(t.dropin, "B.conf", "[Queue]\nLifetime=3h\n");
         /* Ignored: wrong suffix, hidden, a directory, a device, a bare ".conf". */
         write_file(t.dropin, "30-c.conf.disabled", "[Queue]\nWorkers=999\n");
-        write_file(t.dropin, "30-c.conf~", "[Queue]\nWorkers=999\n");
-        write_file(t.dropin, ".hidden.conf", "[Queue]\nWorkers=998\n");
-        write_file(t.dropin, ".conf", "[Queue]\nWorkers=997\n");
+        write_file(t.dropin, "zz.conf~", "[Queue]\nWorkers=999\n");
+        write_file(t.dropin, "zz.CONF", "[Queue]\nWorkers=999\n");
+        write_file(t.dropin, ".hidden.conf", "[Smtpd]\nRequireTLS=yes\n");
+        write_file(t.dropin, ".conf", "[Smtpd]\nDomains=x\n");
         snprintf(path, sizeof path, "%s/40-dir.conf", t.dropin);
         ASSERT_OK(mkdir(path, 0755));
         snprintf(path, sizeof path, "%s/50-null.conf", t.dropin);
@@ -1017,6 +1023,8 @@ TEST(dropins) {
         ASSERT_ERR(config_get_size(c, "Queue", "MaxSize", &u), -ENOENT);
         ASSERT_OK(config_get_string(c, "Smtpd", "Banner", &s));
         ASSERT_STREQ(s, "linked");
+        ASSERT_ERR(config_get_string(c, "Smtpd", "RequireTLS", &s), -ENOENT);
+        ASSERT_ERR(config_get_string(c, "Smtpd", "Domains", &s), -ENOENT);
         config_free(c);
 
         /* The main file's own values, and its path as given in locations. */

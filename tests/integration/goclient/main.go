@@ -8,6 +8,7 @@
 //	goclient serve ADDRESS    serve org.example.goserver with the Go library's
 //	                          varlink.Service, so halyardctl can be pointed at a
 //	                          third-party server
+//	goclient serve-no-url ADDRESS   the same with an empty URL
 //
 // ADDRESS is "unix:/path". Build offline in GOPATH mode (no modules):
 //
@@ -22,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -130,6 +132,18 @@ func runClient(address string) int {
 			continue
 		}
 		parsed, perr := idl.New(desc)
+		lowercased := false
+		if perr != nil && name != strings.ToLower(name) {
+			// This library's parser predates upper-case letters in
+			// interface names (its regexp is ^[a-z]+(\.[a-z0-9]+...)+),
+			// which varlink.org's grammar and systemd (io.systemd.Manager)
+			// allow. Retry with the name lower-cased to check the rest.
+			parsed, perr = idl.New(strings.Replace(desc, "interface "+name, "interface "+strings.ToLower(name), 1))
+			lowercased = perr == nil
+			if perr != nil {
+				perr = fmt.Errorf("%v (also with the name lower-cased)", perr)
+			}
+		}
 		if perr != nil {
 			emit(map[string]interface{}{"step": "describe", "interface": name, "description": desc,
 				"parseError": perr.Error()})
@@ -148,7 +162,8 @@ func runClient(address string) int {
 			aliases = append(aliases, a.Name)
 		}
 		emit(map[string]interface{}{"step": "describe", "interface": name, "name": parsed.Name,
-			"description": desc, "methods": methods, "errors": errs, "types": aliases})
+			"description": desc, "methods": methods, "errors": errs, "types": aliases,
+			"parsedLowercased": lowercased})
 	}
 
 	// GetInterfaceDescription of an interface the server does not have.
@@ -293,8 +308,8 @@ func (goServer) VarlinkDispatch(ctx context.Context, c varlink.Call, method stri
 	}
 }
 
-func runServer(address string) int {
-	svc, err := varlink.NewService("Example Go Vendor", "goclient-server", "7.1", "https://example.org/goserver")
+func runServer(address string, url string) int {
+	svc, err := varlink.NewService("Example Go Vendor", "goclient-server", "7.1", url)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "NewService: %v\n", err)
 		return 1
@@ -324,12 +339,20 @@ func runServer(address string) int {
 }
 
 func main() {
-	if len(os.Args) != 3 || (os.Args[1] != "client" && os.Args[1] != "serve") {
-		fmt.Fprintf(os.Stderr, "Usage: %s client|serve unix:/path\n", os.Args[0])
+	if len(os.Args) != 3 {
+		fmt.Fprintf(os.Stderr, "Usage: %s client|serve|serve-no-url unix:/path\n", os.Args[0])
 		os.Exit(2)
 	}
-	if os.Args[1] == "client" {
+	switch os.Args[1] {
+	case "client":
 		os.Exit(runClient(os.Args[2]))
+	case "serve":
+		os.Exit(runServer(os.Args[2], "https://example.org/goserver"))
+	case "serve-no-url":
+		// An empty URL: the library's GetInfo reply then has no "url"
+		// at all (omitempty), as many real services' replies do.
+		os.Exit(runServer(os.Args[2], ""))
 	}
-	os.Exit(runServer(os.Args[2]))
+	fmt.Fprintf(os.Stderr, "Unknown mode %s\n", os.Args[1])
+	os.Exit(2)
 }
