@@ -76,7 +76,7 @@ def wait_until(predicate, timeout=DEFAULT_TIMEOUT, interval=0.01, what="conditio
 class TempDir:
     """A short temp dir (socket paths must fit in sun_path's 108 bytes)."""
 
-    def __init__(self, prefix="hy-"):
+    def __init__(self, prefix="hyi-"):
         self.path = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
     def __truediv__(self, other):

@@ -160,8 +160,18 @@ class Verbs(harness.TestCase):
         # The call had its effect: testd logged it.
         self.testd.wait_stderr("<6>%s: m" % qid, 5)
         # Even a failing oneway call prints nothing and exits 0 (no reply).
+        # GetStatus.calls shows testd got it: poll #j returns c0 + j + 1
+        # once the oneway call has been handled.
+        c = self.connect(self.testd)
+        c0 = c.call(T + "GetStatus", {})["parameters"]["calls"]
         r = self.ok(halyardctl("call", "--oneway", self.addr, T + "Log", '{"queueId":"bad id!","message":"m"}'))
         self.assertEqual((r.stdout, r.stderr), ("", ""))
+        polls = [0]
+
+        def handled():
+            polls[0] += 1
+            return c.call(T + "GetStatus", {})["parameters"]["calls"] - c0 - polls[0] == 1
+        wait_until(handled, 5, 0.02, "the oneway call to be counted")
         self.assertNotIn("bad id!", self.testd.stderr())
 
     def test_more_and_oneway_together(self):

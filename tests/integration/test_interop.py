@@ -41,7 +41,7 @@ def setUpModule():
     if not os.path.isdir(GO_VARLINK):
         raise RuntimeError("Go varlink library not found at %s: install golang-github-varlink-go-dev "
                            "(or set HALYARD_GOPATH)" % GO_VARLINK)
-    tmp = harness.TempDir(prefix="hy-go-")
+    tmp = harness.TempDir(prefix="hyi-go-")
     _build["tmp"] = tmp
     out = tmp / "goclient"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GO")}

@@ -457,7 +457,7 @@ class Container:
                 # No --wait: it cannot be bounded from here without killing
                 # nsenter, and polling also notices nspawn dying.
                 r = self.run('systemctl', 'is-system-running',
-                             timeout=max(1.0, min(10.0, deadline - now)), _checked_boot=False)
+                             timeout=max(1.0, min(10.0, deadline - now)))
                 last = r.stdout.strip() or r.stderr.strip()
                 if last in ('running', 'degraded'):
                     self.state = last
@@ -471,7 +471,7 @@ class Container:
         if self.pid is None or not _alive(self.pid):
             return ''
         try:
-            r = self.run('systemctl', 'list-jobs', '--no-legend', timeout=5, _checked_boot=False)
+            r = self.run('systemctl', 'list-jobs', '--no-legend', timeout=5)
             return 'pending jobs:\n' + r.stdout
         except Exception as e:
             return 'list-jobs failed: %s' % e
@@ -558,7 +558,7 @@ class Container:
 
     # -- inside the container ------------------------------------------------
 
-    def run(self, *argv, input=None, timeout=30.0, check=False, env=None, _checked_boot=True):
+    def run(self, *argv, input=None, timeout=30.0, check=False, env=None):
         """Run argv inside the container; returns Result(rc, stdout, stderr).
         rc is -9 after a timeout (the command is killed), -1 if nsenter failed."""
         if self.pid is None or self._stopped:
@@ -680,8 +680,14 @@ def _sweep(log_dir, keep_logs=30):
     except OSError:
         return
     for n in names:
+        p = os.path.join(log_dir, n)
         if n.startswith('halyard-st-') and n.endswith('.usr') and n[:-4] not in running:
-            shutil.rmtree(os.path.join(log_dir, n), ignore_errors=True)
+            try:
+                old = time.time() - os.path.getmtime(p) > 300  # not one being set up
+            except OSError:
+                continue
+            if old:
+                shutil.rmtree(p, ignore_errors=True)
     logs = [os.path.join(log_dir, n) for n in names
             if n.startswith('halyard-st-') and n.endswith(('.nspawn.log', '.journal.txt'))]
     logs.sort(key=lambda p: os.path.getmtime(p) if os.path.exists(p) else 0)

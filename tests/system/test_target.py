@@ -213,6 +213,25 @@ class HalyardTargetTest(unittest.TestCase):
                                  'HALYARD_SERVICE=testd').stdout.strip(),
                    timeout=10, what="the daemon's own HALYARD_SERVICE=testd journal entry")
 
+        # Structured events: journalctl finds an entry by queue id, with its
+        # fixed MESSAGE_ID, and by that MESSAGE_ID.
+        reply = c.varlink_call(ADDRESS, 'io.halyard.Test.Log',
+                               {'queueId': 'QSYSTEST1', 'message': 'accepted for the system test'})
+        self.assertNotIn('error', reply, reply)
+        def queue_entry():
+            out = c.run('journalctl', '--no-pager', '-o', 'json', 'HALYARD_QUEUE_ID=QSYSTEST1').stdout
+            return [json.loads(l) for l in out.splitlines() if l.strip()]
+        c.wait_for(queue_entry, timeout=10, what='journal entry with HALYARD_QUEUE_ID=QSYSTEST1')
+        entry = queue_entry()[0]
+        self.assertEqual(entry['MESSAGE_ID'], '7c1e0b5a3d2f4e6c8a9b0c1d2e3f4a50')
+        self.assertEqual(entry['PRIORITY'], '6')
+        self.assertEqual(entry['SYSLOG_IDENTIFIER'], 'halyard-testd')
+        self.assertEqual(entry['_SYSTEMD_UNIT'], SERVICE)
+        self.assertIn('accepted for the system test', entry['MESSAGE'])
+        by_id = c.run('journalctl', '--no-pager', '-o', 'cat',
+                      'MESSAGE_ID=7c1e0b5a3d2f4e6c8a9b0c1d2e3f4a50').stdout
+        self.assertIn('QSYSTEST1', by_id)
+
         # Credential, config, state directory, as the daemon reports them.
         st = self.status()
         self.assertEqual(st['greeting'], 'hello from the system test')
