@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "macro.h"
+#include "utf8.h"
 #include "varlink.h"
 #include "varlink-idl.h"
 
@@ -23,7 +24,7 @@
 /* Stop dispatching further calls while this much output waits to be written. */
 #define OUTPUT_PENDING_MAX (1U * 1024U * 1024U)
 /* A "more" stream that outruns its reader is cut here (-ENOBUFS). */
-#define OUTPUT_HARD_MAX(link) ((link)->message_max * 2U + OUTPUT_PENDING_MAX)
+#define OUTPUT_HARD_MAX(link) MAX((link)->message_max * 4U, 16U * 1024U * 1024U)
 #define ACCEPT_BURST 64
 
 static const char org_varlink_service_idl[] =
@@ -609,7 +610,12 @@ static int next_message(Varlink *link, json_object **ret) {
                 if (!link->tok)
                         return -ENOMEM;
         }
+        /* Strict JSON and well-formed UTF-8 only (json-c lets overlong forms
+         * and surrogates through): what we accept we may echo. */
+        if (!utf8_valid(start, len))
+                return -EBADMSG;
         json_tokener_reset(link->tok);
+        json_tokener_set_flags(link->tok, JSON_TOKENER_STRICT);
         json_object *o = json_tokener_parse_ex(link->tok, start, (int) len);
         enum json_tokener_error jerr = json_tokener_get_error(link->tok);
         size_t used = json_tokener_get_parse_end(link->tok);
@@ -692,9 +698,14 @@ static int send_reply(Varlink *link, const char *error, json_object *parameters,
                 { .iov_base = (void *) tail, .iov_len = strlen(tail) },
         };
         r = enqueue_message_parts(link, parts, ELEMENTSOF(parts));
-        if (r == -EMSGSIZE && !error)
+        if (r == -EMSGSIZE && !error) {
                 /* Tell the caller rather than leave it waiting. */
-                (void) send_reply(link, VARLINK_ERROR_MESSAGE_TOO_LARGE, NULL, false);
+                json_object *e = json_object_new_object();
+                if (e)
+                        json_object_object_add(e, "limit", json_object_new_int64((int64_t) link->message_max));
+                (void) send_reply(link, VARLINK_ERROR_MESSAGE_TOO_LARGE, e, false);
+                json_object_put(e);
+        }
         return r;
 }
 
@@ -945,11 +956,10 @@ static int server_process_input(Varlink *link) {
 
                 r = server_dispatch(link, call);
                 release_message_fds(link);
-                if (r < 0)
+                /* A failure after an answer went out (a reply over the size
+                 * limit, replaced by an error) leaves the connection usable. */
+                if (r < 0 && link->call_pending)
                         return r;
-                /* Oneway calls are over when the handler returns. */
-                if (link->call_pending && link->call == call && (link->call_flags & VARLINK_CALL_ONEWAY))
-                        call_done(link);
         }
         return 0;
 }

@@ -73,9 +73,12 @@ typedef struct VarlinkServerInfo {
 /* A method implementation. parameters is never NULL (an empty object when the
  * call had none) and has already been checked against the interface's IDL.
  * The handler answers with varlink_reply()/varlink_notify()/varlink_error*()
- * now or later (keep a reference with varlink_ref()); for a oneway call the
- * answer functions do nothing. A negative return value with no reply sent is
- * answered with org.varlink.service.InvalidParameter if -EINVAL, else with
+ * now or later (keep a reference with varlink_ref()). Oneway calls are
+ * answered the same way; the answer is just not sent. Until the final
+ * answer, the connection's next call waits (calls are answered in order),
+ * so a handler must answer every call it accepts, oneway ones included. A
+ * negative return value with no answer sent is answered with
+ * org.varlink.service.InvalidParameter if -EINVAL, else with
  * io.halyard.Varlink.InternalError {errno}. */
 typedef int (*VarlinkMethod)(Varlink *link, json_object *parameters, VarlinkCallFlags flags, void *userdata);
 

@@ -68,7 +68,7 @@ static int status_reply(Varlink *link, json_object *p, const char *error, Varlin
         return 0;
 }
 
-static void service_start(Service *s, sd_event *e) {
+static void service_start(Service *s, sd_event *e, uint64_t timeout) {
         struct stat st;
         int r;
 
@@ -83,7 +83,7 @@ static void service_start(Service *s, sd_event *e) {
                 snprintf(s->detail, sizeof s->detail, "connect: %s", strerror(-r));
                 return;
         }
-        varlink_set_timeout(s->link, STATUS_TIMEOUT_USEC);
+        varlink_set_timeout(s->link, timeout);
         char method[160];
         snprintf(method, sizeof method, "%s.GetStatus", s->interface);
         r = varlink_invoke(s->link, method, NULL, 0, status_reply, s);
@@ -156,7 +156,7 @@ int verb_status(const CtlOptions *o, int argc, char **argv) {
         }
         for (size_t i = 0; i < n; i++) {
                 services[i].n_pending = &n_pending;
-                service_start(&services[i], e);
+                service_start(&services[i], e, o->timeout_usec > 0 ? o->timeout_usec : STATUS_TIMEOUT_USEC);
         }
         /* Each call has its own timeout; the loop ends when all are in. */
         while (n_pending > 0)

@@ -70,12 +70,15 @@ static int strcmp_ptr(const void *a, const void *b) {
 /* The sorted interface names from GetInfo's reply (borrowed strings). */
 static int sorted_interfaces(json_object *info, const char ***ret, size_t *ret_n) {
         json_object *ifs = json_object_object_get(info, "interfaces");
-        size_t n = json_object_array_length(ifs);
-        const char **l = calloc(n + 1, sizeof *l);
+        size_t n = 0, max = json_object_is_type(ifs, json_type_array) ? json_object_array_length(ifs) : 0;
+        const char **l = calloc(max + 1, sizeof *l);
         if (!l)
                 return -ENOMEM;
-        for (size_t i = 0; i < n; i++)
-                l[i] = json_object_get_string(json_object_array_get_idx(ifs, i));
+        for (size_t i = 0; i < max; i++) {
+                json_object *v = json_object_array_get_idx(ifs, i);
+                if (json_object_is_type(v, json_type_string))
+                        l[n++] = json_object_get_string(v);
+        }
         qsort(l, n, sizeof *l, strcmp_ptr);
         *ret = l;
         *ret_n = n;
@@ -109,7 +112,11 @@ int verb_info(const CtlOptions *o, int argc, char **argv) {
                 { "vendor", "    Vendor" }, { "product", "   Product" }, { "version", "   Version" }, { "url", "       URL" },
         };
         for (size_t i = 0; i < ELEMENTSOF(keys); i++)
-                printf("%s: %s\n", keys[i][1], json_object_get_string(json_object_object_get(info, keys[i][0])));
+        {
+                /* Other implementations leave empty fields out. */
+                const char *v = json_object_get_string(json_object_object_get(info, keys[i][0]));
+                printf("%s: %s\n", keys[i][1], v ? v : "");
+        }
         _cleanup_free_ const char **l = NULL;
         size_t n;
         if (sorted_interfaces(info, &l, &n) < 0)

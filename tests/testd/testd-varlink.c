@@ -89,7 +89,7 @@ static int method_sleep(Varlink *link, json_object *params, VarlinkCallFlags fla
 static int method_read_fd(Varlink *link, json_object *params, VarlinkCallFlags flags, void *userdata) {
         _cleanup_close_ int fd = varlink_take_fd(link, (unsigned) json_object_get_int(json_object_object_get(params, "fd")));
         struct stat st;
-        char head[65];
+        unsigned char head[65];
 
         if (fd < 0)
                 return varlink_error_invalid_parameter(link, "fd");
@@ -103,10 +103,15 @@ static int method_read_fd(Varlink *link, json_object *params, VarlinkCallFlags f
         ssize_t n = pread(fd, head, sizeof head - 1, 0);
         if (n < 0)
                 return -errno;
+        /* Arbitrary bytes: show them as hexdump's text column does, so the
+         * reply is always valid UTF-8. */
+        for (ssize_t i = 0; i < n; i++)
+                if (head[i] < 0x20 || head[i] > 0x7e)
+                        head[i] = '.';
         head[n] = 0;
         json_object *p = json_object_new_object();
         json_object_object_add(p, "size", json_object_new_int64(st.st_size));
-        json_object_object_add(p, "head", json_object_new_string(head));
+        json_object_object_add(p, "head", json_object_new_string((const char *) head));
         return reply_take(link, p);
 }
 

@@ -391,7 +391,7 @@ TEST(oversize_message_gets_error_and_close) {
         raw_reset();
         _cleanup_close_ int fd2 = raw_connect(&c);
         raw_send(fd2, "{\"method\":\"io.halyard.Test.Big\",\"parameters\":{\"size\":4000}}");
-        ASSERT_STREQ(raw_recv(&c, fd2), "{\"error\":\"io.halyard.Varlink.MessageTooLarge\",\"parameters\":{}}");
+        ASSERT_STREQ(raw_recv(&c, fd2), "{\"error\":\"io.halyard.Varlink.MessageTooLarge\",\"parameters\":{\"limit\":1024}}");
         raw_send(fd2, "{\"method\":\"io.halyard.Test.Big\",\"parameters\":{\"size\":10}}");
         ASSERT_STREQ(raw_recv(&c, fd2), "{\"parameters\":{\"data\":\"xxxxxxxxxx\"}}");
         ctx_done(&c);

@@ -1,0 +1,10 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* True if s[0..n) is well-formed UTF-8 as RFC 3629 defines it: no overlong
+ * forms, no surrogates (U+D800..U+DFFF), nothing above U+10FFFF. NUL bytes
+ * are allowed (they are valid UTF-8); callers that forbid them check. */
+bool utf8_valid(const char *s, size_t n);
