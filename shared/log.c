@@ -9,6 +9,7 @@
 #define SD_JOURNAL_SUPPRESS_LOCATION 1
 
 #include "log.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -142,42 +143,6 @@ bool log_field_name_valid(const char *field) {
         return field && field_name_valid_n(field, strlen(field));
 }
 
-/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlongs, no
- * surrogates, nothing above U+10FFFF), or 0 when it is not one. */
-static size_t utf8_sequence_len(const unsigned char *p, size_t n) {
-        unsigned char c = p[0];
-        unsigned char lo = 0x80, hi = 0xBF;
-        size_t len;
-
-        if (c < 0x80)
-                return 1;
-        if (c >= 0xC2 && c <= 0xDF)
-                len = 2;
-        else if (c >= 0xE0 && c <= 0xEF) {
-                len = 3;
-                if (c == 0xE0)
-                        lo = 0xA0;
-                else if (c == 0xED)
-                        hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-                len = 4;
-                if (c == 0xF0)
-                        lo = 0x90;
-                else if (c == 0xF4)
-                        hi = 0x8F;
-        } else
-                return 0;
-
-        if (n < len)
-                return 0;
-        if (p[1] < lo || p[1] > hi)
-                return 0;
-        for (size_t i = 2; i < len; i++)
-                if (p[i] < 0x80 || p[i] > 0xBF)
-                        return 0;
-        return len;
-}
-
 #define ESCAPE_BACKSLASH 1u
 
 /* Next output unit for s[0..n): either a literal run of *consumed bytes or,
@@ -192,7 +157,7 @@ static size_t escape_unit(const unsigned char *s, size_t n, unsigned flags, char
                 return 2;
         }
 
-        l = utf8_sequence_len(s, n);
+        l = utf8_sequence_len((const char *) s, n);
         if (l == 0 || (l == 1 && (s[0] < 0x20 || s[0] == 0x7F)) ||
             (l == 2 && s[0] == 0xC2 && s[1] < 0xA0)) {
                 /* One byte per escape, so a C1 control becomes \xc2\x8N. */

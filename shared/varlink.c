@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "macro.h"
+#include "org.varlink.service.varlink.h"
 #include "utf8.h"
 #include "varlink.h"
 #include "varlink-idl.h"
@@ -27,41 +28,8 @@
 #define OUTPUT_HARD_MAX(link) MAX((link)->message_max * 4U, 16U * 1024U * 1024U)
 #define ACCEPT_BURST 64
 
-static const char org_varlink_service_idl[] =
-        "# The Varlink Service Interface is provided by every varlink service.\n"
-        "interface org.varlink.service\n"
-        "\n"
-        "# Get a list of all the interfaces a service provides and information\n"
-        "# about the implementation.\n"
-        "method GetInfo() -> (\n"
-        "  vendor: string,\n"
-        "  product: string,\n"
-        "  version: string,\n"
-        "  url: string,\n"
-        "  interfaces: []string\n"
-        ")\n"
-        "\n"
-        "# Get the description of an interface that is implemented by this service.\n"
-        "method GetInterfaceDescription(interface: string) -> (description: string)\n"
-        "\n"
-        "# The requested interface was not found.\n"
-        "error InterfaceNotFound (interface: string)\n"
-        "\n"
-        "# The requested method was not found\n"
-        "error MethodNotFound (method: string)\n"
-        "\n"
-        "# The interface defines the requested method, but the service does not\n"
-        "# implement it.\n"
-        "error MethodNotImplemented (method: string)\n"
-        "\n"
-        "# One of the passed parameters is invalid.\n"
-        "error InvalidParameter (parameter: string)\n"
-        "\n"
-        "# Client is denied access\n"
-        "error PermissionDenied ()\n"
-        "\n"
-        "# Method is expected to be called with 'more' set to true, but wasn't\n"
-        "error ExpectedMore ()\n";
+/* The org.varlink.service definition every server serves (varlink.h). */
+const char *const varlink_service_idl = org_varlink_service_varlink;
 
 typedef struct VarlinkMethodEntry {
         char *name; /* unqualified */
@@ -1137,7 +1105,7 @@ int varlink_server_new(sd_event *e, const VarlinkServerInfo *info, VarlinkServer
                 s->info = *info;
         s->connections_max = VARLINK_DEFAULT_CONNECTIONS_MAX;
         s->message_max = VARLINK_DEFAULT_MESSAGE_MAX;
-        int r = server_add_interface_internal(s, org_varlink_service_idl);
+        int r = server_add_interface_internal(s, varlink_service_idl);
         if (r < 0) {
                 varlink_server_free(s);
                 return r;

@@ -61,6 +61,9 @@ typedef enum VarlinkReplyFlags {
         VARLINK_REPLY_LOCAL = 1 << 1,     /* error made up locally (disconnect, timeout) */
 } VarlinkReplyFlags;
 
+/* The interface definition of org.varlink.service, as servers serve it. */
+extern const char *const varlink_service_idl;
+
 /* ---- Server ---------------------------------------------------------- */
 
 typedef struct VarlinkServerInfo {
