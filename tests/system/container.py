@@ -261,12 +261,12 @@ def _descendants(pid, table=None):
     children = {}
     for p, (pp, _) in table.items():
         children.setdefault(pp, []).append(p)
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
+    out, pending = [], [pid]
+    while pending:
+        p = pending.pop()
         for c in children.get(p, []):
             out.append(c)
-            todo.append(c)
+            pending.append(c)
     return out
 
 
