@@ -20,6 +20,8 @@ typedef struct CtlOptions {
         JsonMode json;
         uint64_t timeout_usec;
         const char *runtime_dir;
+        /* queue list/retry filters */
+        const char *state, *domain, *sender;
 } CtlOptions;
 
 /* Exit codes. */
@@ -33,6 +35,7 @@ int verb_list_interfaces(const CtlOptions *o, int argc, char **argv);
 int verb_introspect(const CtlOptions *o, int argc, char **argv);
 int verb_call(const CtlOptions *o, int argc, char **argv);
 int verb_status(const CtlOptions *o, int argc, char **argv);
+int verb_queue(const CtlOptions *o, int argc, char **argv);
 
 /* Prints a JSON value the way --json asks, followed by a newline. */
 void ctl_print_json(const CtlOptions *o, json_object *v);

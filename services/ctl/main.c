@@ -21,6 +21,11 @@ static void help(void) {
                "  list-interfaces ADDRESS         List the interfaces a service implements\n"
                "  introspect ADDRESS [INTERFACE…] Show interface definitions\n"
                "  call ADDRESS METHOD [JSON]      Call a method (parameters from stdin if JSON is omitted)\n"
+               "  queue list [--state=S] [--domain=D] [--sender=A]\n"
+               "                                  List queued messages\n"
+               "  queue show|hold|release|delete|bounce QUEUE-ID\n"
+               "  queue retry QUEUE-ID | --domain=D  Deliver now\n"
+               "  queue monitor                   Follow delivery events\n"
                "\n"
                "Options:\n"
                "  -h --help            Show this help\n"
@@ -38,7 +43,7 @@ static void help(void) {
 }
 
 int main(int argc, char **argv) {
-        enum { ARG_VERSION = 0x100, ARG_MORE, ARG_ONEWAY, ARG_JSON, ARG_TIMEOUT, ARG_RUNTIME_DIR };
+        enum { ARG_VERSION = 0x100, ARG_MORE, ARG_ONEWAY, ARG_JSON, ARG_TIMEOUT, ARG_RUNTIME_DIR, ARG_STATE, ARG_DOMAIN, ARG_SENDER };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
@@ -48,6 +53,9 @@ int main(int argc, char **argv) {
                 { "quiet", no_argument, NULL, 'q' },
                 { "timeout", required_argument, NULL, ARG_TIMEOUT },
                 { "runtime-dir", required_argument, NULL, ARG_RUNTIME_DIR },
+                { "state", required_argument, NULL, ARG_STATE },
+                { "domain", required_argument, NULL, ARG_DOMAIN },
+                { "sender", required_argument, NULL, ARG_SENDER },
                 {}
         };
         static const struct {
@@ -59,6 +67,7 @@ int main(int argc, char **argv) {
                 { "list-interfaces", verb_list_interfaces },
                 { "introspect", verb_introspect },
                 { "call", verb_call },
+                { "queue", verb_queue },
         };
         CtlOptions o = { .json = JSON_AUTO };
         int c;
@@ -110,6 +119,15 @@ int main(int argc, char **argv) {
                 }
                 case ARG_RUNTIME_DIR:
                         o.runtime_dir = optarg;
+                        break;
+                case ARG_STATE:
+                        o.state = optarg;
+                        break;
+                case ARG_DOMAIN:
+                        o.domain = optarg;
+                        break;
+                case ARG_SENDER:
+                        o.sender = optarg;
                         break;
                 default:
                         return CTL_EXIT_USAGE;

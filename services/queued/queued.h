@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "queued-spool.h"
+#include "varlink.h"
+
+typedef enum MessageState {
+        MESSAGE_ACTIVE,   /* due, or being delivered */
+        MESSAGE_DEFERRED, /* waiting for its next attempt */
+        MESSAGE_HELD,     /* kept back by an operator */
+        _MESSAGE_STATE_MAX,
+} MessageState;
+
+/* One message in the queue. The envelope JSON (as stored in the spool) is
+ * the source of truth for recipients and their states; the fields beside it
+ * are what the scheduler and the listings need quickly. */
+typedef struct Message {
+        char id[SPOOL_ID_MAX];
+        json_object *envelope;
+        MessageState state;
+        uint64_t size;
+        uint64_t arrival;      /* unix seconds */
+        uint64_t next_attempt; /* unix seconds; 0 = now */
+        bool in_flight;        /* a delivery attempt holds it */
+} Message;
+
+typedef enum QueueEvent {
+        EVENT_ACCEPTED,
+        EVENT_DELIVERED,
+        EVENT_DEFERRED,
+        EVENT_BOUNCED,
+        EVENT_EXPIRED,
+        EVENT_DELETED,
+        EVENT_HELD,
+        EVENT_RELEASED,
+        _EVENT_MAX,
+} QueueEvent;
+
+#define RATE_SLOTS 60 /* one per minute over the last hour */
+
+typedef struct Manager {
+        sd_event *event;
+        Daemon *daemon;
+        VarlinkServer *varlink;
+        Spool *spool;
+        Config *config;
+        const char *config_path;
+
+        void *messages; /* tsearch tree of Message*, by id */
+        unsigned n_messages[_MESSAGE_STATE_MAX];
+        Varlink **monitors;
+        unsigned n_monitors;
+
+        /* delivered/bounced counts per minute, a ring over the last hour */
+        uint64_t rate_minute[RATE_SLOTS];
+        uint64_t delivered[RATE_SLOTS];
+        uint64_t bounced[RATE_SLOTS];
+
+        uint64_t max_message_size;
+        uint64_t started_usec;
+} Manager;
+
+extern const ConfigKey queued_config_keys[];
+
+int manager_load_config(Manager *m, const char *path);
+
+/* The message table (queued-queue.c). */
+int queue_add(Manager *m, const char *id, json_object *envelope, uint64_t size, Message **ret);
+Message *queue_find(Manager *m, const char *id);
+void queue_set_state(Manager *m, Message *msg, MessageState state);
+int queue_remove(Manager *m, Message *msg);
+/* Calls fn for each message in id (arrival) order; stops at fn's negative return. */
+int queue_foreach(Manager *m, int (*fn)(Manager *m, Message *msg, void *userdata), void *userdata);
+void queue_free_all(Manager *m);
+/* Tells Monitor subscribers and counts deliveries/bounces. */
+void queue_event(Manager *m, QueueEvent ev, const Message *msg, const char *recipient, const char *detail);
+void queue_count_rate(Manager *m, QueueEvent ev, uint64_t now_sec, uint64_t *ret_last_minute, uint64_t *ret_last_hour);
+
+const char *message_state_to_string(MessageState s);
+int message_state_from_string(const char *s);
+const char *queue_event_to_string(QueueEvent e);
+
+int queued_varlink_setup(Manager *m);
