@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
+#include "macro.h"
+
 typedef struct Config Config;
 
 typedef enum ConfigType {
@@ -90,6 +92,7 @@ int config_get_addresses(const Config *c, const char *section, const char *name,
 /* *ret is a new NULL-terminated array of new strings; free with config_strv_free(). */
 int config_get_list(const Config *c, const char *section, const char *name, char ***ret);
 char **config_strv_free(char **l);
+DEFINE_TRIVIAL_CLEANUP_FUNC(char **, config_strv_free);
 
 /* Where the key's effective value came from, for messages: "file:line". */
 int config_get_location(const Config *c, const char *section, const char *name, const char **ret_file, unsigned *ret_line);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "macro.h"
@@ -18,14 +19,131 @@
 
 const ConfigKey queued_config_keys[] = {
         { "Queue", "MaxMessageSize", CONFIG_SIZE },
+        { "Queue", "HostName", CONFIG_STRING },
+        { "Queue", "Routes", CONFIG_LIST },
+        { "Queue", "Relayhost", CONFIG_STRING },
+        { "Queue", "TLS", CONFIG_STRING },
+        { "Queue", "SmtpPort", CONFIG_UINT },
+        { "Queue", "SmtpTimeout", CONFIG_DURATION },
+        { "Queue", "MaxLifetime", CONFIG_DURATION },
+        { "Queue", "DelayWarning", CONFIG_DURATION },
+        { "Queue", "RetrySchedule", CONFIG_LIST },
+        { "Queue", "MaxConnections", CONFIG_UINT },
+        { "Queue", "MaxConnectionsPerDestination", CONFIG_UINT },
+        { "Queue", "MaxRecipientsPerTransaction", CONFIG_UINT },
+        { "Queue", "IPv4", CONFIG_BOOL },
+        { "Queue", "IPv6", CONFIG_BOOL },
+        { "DNS", "Forwarders", CONFIG_LIST },
+        { "DNS", "TrustAnchor", CONFIG_STRING },
+        { "DNS", "TransparentZones", CONFIG_LIST },
+        { "DNS", "DNSSEC", CONFIG_BOOL },
+        { "DNS", "Timeout", CONFIG_DURATION },
         {}
 };
+
+/* Settings that need more than a getter: checked here so that a bad value
+ * refuses the whole configuration (at start and on reload). */
+static int check_config(Config *c, const char *path) {
+        char err[300] = "";
+        _cleanup_(config_strv_freep) char **routes = NULL, **retry = NULL;
+        const char *relayhost = NULL, *tls = NULL;
+        int r;
+
+        (void) config_get_list(c, "Queue", "Routes", &routes);
+        (void) config_get_string(c, "Queue", "Relayhost", &relayhost);
+        r = deliver_check_routes(routes, relayhost, err, sizeof err);
+        if (r >= 0 && config_get_string(c, "Queue", "TLS", &tls) >= 0 && smtp_tls_policy_from_string(tls) < 0) {
+                snprintf(err, sizeof err, "invalid TLS=%s (no, may or require)", tls);
+                r = -EINVAL;
+        }
+        if (r >= 0 && config_get_list(c, "Queue", "RetrySchedule", &retry) >= 0)
+                for (char **d = retry; *d; d++) {
+                        uint64_t usec;
+                        if (config_parse_duration(*d, &usec) < 0 || usec < 1000000) {
+                                snprintf(err, sizeof err, "invalid RetrySchedule= entry \"%s\" (durations of 1s or more)", *d);
+                                r = -EINVAL;
+                                break;
+                        }
+                }
+        if (r < 0) {
+                const char *file = path;
+                unsigned line = 0;
+                (void) config_get_location(c, "Queue", strstr(err, "RetrySchedule") ? "RetrySchedule" : strstr(err, "TLS=") ? "TLS" : strstr(err, "Relayhost") ? "Relayhost" : "Routes", &file, &line);
+                fprintf(stderr, "%s:%u: error: %s\n", file, line, err);
+        }
+        return r;
+}
+
+static void apply_delivery_config(Manager *m, Config *c) {
+        uint64_t v, usec;
+        bool b;
+        const char *s;
+
+        free(m->hostname);
+        m->hostname = NULL;
+        if (config_get_string(c, "Queue", "HostName", &s) >= 0)
+                m->hostname = strdup(s);
+        if (!m->hostname) {
+                char h[256] = "localhost";
+                (void) gethostname(h, sizeof h - 1);
+                m->hostname = strdup(h);
+        }
+        config_strv_free(m->routes);
+        m->routes = NULL;
+        (void) config_get_list(c, "Queue", "Routes", &m->routes);
+        free(m->relayhost);
+        m->relayhost = config_get_string(c, "Queue", "Relayhost", &s) >= 0 && *s ? strdup(s) : NULL;
+        m->tls_policy = SMTP_TLS_MAY;
+        if (config_get_string(c, "Queue", "TLS", &s) >= 0)
+                m->tls_policy = smtp_tls_policy_from_string(s);
+        m->smtp_port = config_get_uint(c, "Queue", "SmtpPort", &v) >= 0 && v > 0 && v < 65536 ? (uint16_t) v : 25;
+        memset(&m->smtp_timeouts, 0, sizeof m->smtp_timeouts);
+        if (config_get_duration(c, "Queue", "SmtpTimeout", &usec) >= 0 && usec > 0) {
+                uint64_t *t = (uint64_t *) &m->smtp_timeouts;
+                for (size_t i = 0; i < sizeof m->smtp_timeouts / sizeof *t; i++)
+                        t[i] = usec;
+        }
+        smtp_timeouts_fill(&m->smtp_timeouts);
+        m->max_lifetime_sec = 5 * 24 * 3600;
+        if (config_get_duration(c, "Queue", "MaxLifetime", &usec) >= 0)
+                m->max_lifetime_sec = usec / 1000000;
+        m->delay_warning_sec = 0;
+        if (config_get_duration(c, "Queue", "DelayWarning", &usec) >= 0)
+                m->delay_warning_sec = usec / 1000000;
+        free(m->retry_sec);
+        m->retry_sec = NULL;
+        m->n_retry = 0;
+        _cleanup_(config_strv_freep) char **retry = NULL;
+        if (config_get_list(c, "Queue", "RetrySchedule", &retry) < 0) {
+                static const char *const def[] = { "5min", "10min", "20min", "40min", "1h", "2h", "4h", NULL };
+                retry = calloc(ELEMENTSOF(def), sizeof *retry);
+                for (size_t i = 0; retry && def[i]; i++)
+                        retry[i] = strdup(def[i]);
+        }
+        for (char **d = retry; d && *d; d++)
+                m->n_retry++;
+        m->retry_sec = calloc(m->n_retry ? m->n_retry : 1, sizeof *m->retry_sec);
+        for (size_t i = 0; m->retry_sec && i < m->n_retry; i++)
+                m->retry_sec[i] = config_parse_duration(retry[i], &usec) >= 0 ? usec / 1000000 : 300;
+        if (!m->retry_sec)
+                m->n_retry = 0;
+        m->max_deliveries = config_get_uint(c, "Queue", "MaxConnections", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 10000U) : 100;
+        m->max_per_destination = config_get_uint(c, "Queue", "MaxConnectionsPerDestination", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 1000U) : 10;
+        m->max_rcpts_per_transaction = config_get_uint(c, "Queue", "MaxRecipientsPerTransaction", &v) >= 0 && v > 0 ? (size_t) MIN(v, (uint64_t) SMTP_RCPTS_MAX) : 100;
+        memset(&m->mx_config, 0, sizeof m->mx_config);
+        if (config_get_bool(c, "Queue", "IPv4", &b) >= 0)
+                m->mx_config.disable_ipv4 = !b;
+        if (config_get_bool(c, "Queue", "IPv6", &b) >= 0)
+                m->mx_config.disable_ipv6 = !b;
+}
 
 int manager_load_config(Manager *m, const char *path) {
         Config *c = NULL;
         int r = config_load(path, queued_config_keys, &c);
         if (c)
                 config_print_diags(c, stderr);
+        if (r >= 0)
+                r = check_config(c, path);
         if (r < 0) {
                 config_free(c);
                 return r;
@@ -33,9 +151,28 @@ int manager_load_config(Manager *m, const char *path) {
         uint64_t max = DEFAULT_MAX_MESSAGE_SIZE;
         (void) config_get_size(c, "Queue", "MaxMessageSize", &max);
         m->max_message_size = max;
+        apply_delivery_config(m, c);
         config_free(m->config);
         m->config = c;
         return 0;
+}
+
+static int resolver_setup(Manager *m) {
+        _cleanup_(config_strv_freep) char **forwarders = NULL, **zones = NULL;
+        DnsConfig dc = {};
+        uint64_t usec;
+        bool b;
+
+        (void) config_get_list(m->config, "DNS", "Forwarders", &forwarders);
+        (void) config_get_list(m->config, "DNS", "TransparentZones", &zones);
+        (void) config_get_string(m->config, "DNS", "TrustAnchor", &dc.trust_anchor_file);
+        if (config_get_bool(m->config, "DNS", "DNSSEC", &b) >= 0)
+                dc.no_dnssec = !b;
+        if (config_get_duration(m->config, "DNS", "Timeout", &usec) >= 0)
+                dc.timeout_usec = usec;
+        dc.forwarders = (const char *const *) forwarders;
+        dc.transparent_zones = (const char *const *) zones;
+        return dns_resolver_new(m->event, &dc, &m->resolver);
 }
 
 static int on_reload(Daemon *d, void *userdata) {
@@ -71,6 +208,12 @@ static int load_one(Spool *s, const char *id, json_object *envelope, uint64_t si
 }
 
 static void manager_free(Manager *m) {
+        deliver_stop(m);
+        dns_resolver_free(m->resolver);
+        free(m->hostname);
+        free(m->relayhost);
+        free(m->retry_sec);
+        config_strv_free(m->routes);
         for (unsigned i = 0; i < m->n_monitors; i++)
                 varlink_unref(m->monitors[i]);
         free(m->monitors);
@@ -153,6 +296,12 @@ int main(int argc, char **argv) {
         r = queued_varlink_setup(&m);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up varlink: %m"), 1;
+        r = resolver_setup(&m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the DNS resolver: %m"), 1;
+        r = deliver_setup(&m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up delivery: %m"), 1;
 
         static const DaemonCallbacks callbacks = { .drain = on_drain, .reload = on_reload, .status = on_status };
         r = daemon_new(m.event, &callbacks, &m, &m.daemon);

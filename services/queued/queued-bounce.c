@@ -833,7 +833,7 @@ static int build_human(const Report *rep, const Original *orig, BounceReturned r
         }
         buf_puts(b, "\r\n");
         if (env->arrival_date > 0) {
-                Buf t = {};
+                _cleanup_(buf_done) Buf t = {};
                 format_date(env->arrival_date, date);
                 buf_printf(&t, "The message was received on %s", date);
                 if (env->queue_id)
@@ -849,7 +849,7 @@ static int build_human(const Report *rep, const Original *orig, BounceReturned r
         for (size_t i = 0; i < rep->n_rcpts; i++) {
                 const BounceRecipient *r = &rep->rcpts[i];
                 _cleanup_free_ char *fr = NULL, *orcpt = NULL, *diag = NULL;
-                Buf t = {};
+                _cleanup_(buf_done) Buf t = {};
 
                 if (!bounce_recipient_needed(env, r))
                         continue;
@@ -895,7 +895,7 @@ static int build_human(const Report *rep, const Original *orig, BounceReturned r
 
         if (returned == BOUNCE_RETURNED_HEADERS && rep->any_failed && env->ret != BOUNCE_RET_HDRS &&
             orig->size > full_max) {
-                Buf t = {};
+                _cleanup_(buf_done) Buf t = {};
                 buf_printf(&t, "The original message was %" PRIu64 " octets long, more than the "
                            "%" PRIu64 " octets returned in full; only its header is attached.",
                            orig->size, full_max);
@@ -1191,7 +1191,7 @@ int bounce_write(const BounceEnvelope *env, const BounceRecipient *rcpts, size_t
         if (r < 0)
                 return r;
         {
-                Buf id = {};
+                _cleanup_(buf_done) Buf id = {};
                 buf_printf(&id, "<%" PRIdMAX ".", (intmax_t) rep.now);
                 for (size_t i = 0; i < sizeof msgid_rnd; i++)
                         buf_printf(&id, "%02x", (uint8_t) msgid_rnd[i]);

@@ -48,7 +48,25 @@ static void message_free(void *p) {
         free(msg);
 }
 
+/* The shape the rest of queued relies on; anything else (a hand-edited or
+ * foreign envelope) is refused rather than trusted. */
+static bool envelope_ok(json_object *env) {
+        json_object *rcpts = json_object_object_get(env, "recipients");
+        if (!json_object_is_type(json_object_object_get(env, "sender"), json_type_string) ||
+            !json_object_is_type(rcpts, json_type_array) || json_object_array_length(rcpts) == 0)
+                return false;
+        for (size_t i = 0; i < json_object_array_length(rcpts); i++) {
+                json_object *rc = json_object_array_get_idx(rcpts, i);
+                if (!json_object_is_type(json_object_object_get(rc, "address"), json_type_string) ||
+                    !json_object_is_type(json_object_object_get(rc, "state"), json_type_string))
+                        return false;
+        }
+        return true;
+}
+
 int queue_add(Manager *m, const char *id, json_object *envelope, uint64_t size, Message **ret) {
+        if (!envelope_ok(envelope))
+                return -EBADMSG;
         Message *msg = calloc(1, sizeof *msg);
         if (!msg)
                 return -ENOMEM;

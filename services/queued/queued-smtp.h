@@ -231,7 +231,7 @@ typedef struct SmtpDotStuffer {
         bool cr;
 } SmtpDotStuffer;
 #define SMTP_DOT_STUFFER_INIT { .line_start = true, .cr = false }
-/* Writes at most 2*n bytes (+1 for a pending CR) to out; returns the bytes written. */
+/* Writes at most 2*n bytes to out; returns the bytes written. */
 size_t smtp_dot_stuff(SmtpDotStuffer *s, const char *in, size_t n, char *out);
 /* The end of the body: CRLF if the last line was not ended, then ".\r\n". Writes at most 5 bytes. */
 size_t smtp_dot_stuff_finish(SmtpDotStuffer *s, char *out);

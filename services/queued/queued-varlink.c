@@ -77,8 +77,10 @@ static void enqueue_committed(Spool *s, const char *id, int error, void *userdat
                           "%s: accepted, from=<%s>, size=%llu, nrcpt=%zu", id,
                           json_object_get_string(json_object_object_get(req->envelope, "sender")),
                           (unsigned long long) size, json_object_array_length(rcpts));
-                if (msg)
+                if (msg) {
                         queue_event(m, EVENT_ACCEPTED, msg, NULL, NULL);
+                        deliver_kick(m);
+                }
                 json_object *p = json_object_new_object();
                 json_object_object_add(p, "queueId", json_object_new_string(id));
                 (void) reply_take(req->link, p);
@@ -387,6 +389,7 @@ static int method_hold_release(Varlink *link, json_object *params, bool hold, Ma
                 queue_set_state(m, msg, MESSAGE_ACTIVE);
                 msg->next_attempt = 0;
                 queue_event(m, EVENT_RELEASED, msg, NULL, NULL);
+                deliver_kick(m);
         }
         (void) persist(m, msg);
         return varlink_reply(link, NULL);
@@ -406,8 +409,7 @@ static int method_delete(Varlink *link, json_object *params, VarlinkCallFlags fl
         Message *msg = find_or_error(m, link, params, &r);
         if (!msg)
                 return r;
-        if (msg->in_flight)
-                return varlink_error_errno(link, -EBUSY);
+        deliver_cancel_message(m, msg);
         char f_id[64];
         snprintf(f_id, sizeof f_id, "HALYARD_QUEUE_ID=%s", msg->id);
         log_full(LOG_NOTICE, 0, (const char *[]){ f_id, NULL }, "%s: deleted by the operator", msg->id);
@@ -459,6 +461,8 @@ static int method_retry(Varlink *link, json_object *params, VarlinkCallFlags fla
                 rd.domain = json_object_get_string(domain);
                 queue_foreach(m, retry_domain, &rd);
         }
+        if (rd.count > 0)
+                deliver_kick(m);
         json_object *p = json_object_new_object();
         json_object_object_add(p, "count", json_object_new_int64(rd.count));
         return reply_take(link, p);

@@ -8,6 +8,9 @@
 
 #include "config.h"
 #include "daemon.h"
+#include "dns.h"
+#include "queued-mx.h"
+#include "queued-smtp.h"
 #include "queued-spool.h"
 #include "varlink.h"
 
@@ -28,7 +31,7 @@ typedef struct Message {
         uint64_t size;
         uint64_t arrival;      /* unix seconds */
         uint64_t next_attempt; /* unix seconds; 0 = now */
-        bool in_flight;        /* a delivery attempt holds it */
+        unsigned in_flight;    /* delivery attempts running for it */
 } Message;
 
 typedef enum QueueEvent {
@@ -65,6 +68,29 @@ typedef struct Manager {
 
         uint64_t max_message_size;
         uint64_t started_usec;
+
+        /* delivery (queued-deliver.c) */
+        DnsResolver *resolver;
+        MxConfig mx_config;
+        char *hostname;             /* EHLO name, Reporting-MTA */
+        char **routes;              /* "domain=smtp:[ip]:port" … */
+        char *relayhost;
+        SmtpTlsPolicy tls_policy;
+        SmtpTimeouts smtp_timeouts;
+        uint16_t smtp_port;
+        uint64_t max_lifetime_sec;
+        uint64_t delay_warning_sec; /* 0: none */
+        uint64_t *retry_sec;        /* backoff schedule; the last repeats */
+        size_t n_retry;
+        unsigned max_deliveries;
+        unsigned max_per_destination;
+        size_t max_rcpts_per_transaction;
+        struct Delivery *deliveries;
+        unsigned n_deliveries;
+        char **dest_names;
+        unsigned *dest_active;
+        size_t n_dest;
+        sd_event_source *scheduler, *kick;
 } Manager;
 
 extern const ConfigKey queued_config_keys[];
@@ -88,3 +114,13 @@ int message_state_from_string(const char *s);
 const char *queue_event_to_string(QueueEvent e);
 
 int queued_varlink_setup(Manager *m);
+
+/* Delivery (queued-deliver.c). */
+int deliver_setup(Manager *m);
+void deliver_stop(Manager *m);
+/* Runs the scheduler soon (new mail, Retry, Release). */
+void deliver_kick(Manager *m);
+/* Stops the delivery attempts running for msg (Delete). */
+void deliver_cancel_message(Manager *m, Message *msg);
+/* Checks Routes= and Relayhost= syntax; fills err. */
+int deliver_check_routes(char **routes, const char *relayhost, char *err, size_t errlen);

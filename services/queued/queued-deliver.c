@@ -1,0 +1,853 @@
+/* SPDX-License-Identifier: MIT */
+/* Delivery: the scheduler picks due messages, groups their pending
+ * recipients by domain, finds the next hops (a configured route, the
+ * relayhost, or MX), talks SMTP/LMTP to them, records per-recipient results,
+ * and settles each message: delivered, deferred with backoff, or failed with
+ * a DSN to the sender. Everything runs on the event loop. */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "macro.h"
+#include "queued-bounce.h"
+#include "queued-mx.h"
+#include "queued-smtp.h"
+#include "queued.h"
+
+#define SCHEDULE_INTERVAL_USEC (1ULL * 1000000ULL)
+
+typedef struct Target {
+        char *host;
+        struct sockaddr_storage sa;
+        socklen_t salen;
+} Target;
+
+/* One attempt to deliver one message's pending recipients in one domain. */
+typedef struct Delivery {
+        Manager *m;
+        Message *msg;
+        char *domain;
+        size_t *idx; /* indexes into the envelope's recipients */
+        const char **rcpts;
+        size_t n;
+        bool lmtp;
+        uint16_t port;
+        MxLookup *mx;
+        Target *targets;
+        size_t n_targets, cur;
+        SmtpClient *client;
+        int content_fd;
+        char last_error[512];
+        bool last_error_permanent;
+        char enhanced[SMTP_ENHANCED_MAX];
+        struct Delivery *next; /* in m->deliveries */
+} Delivery;
+
+static const char *address_domain(const char *a) {
+        const char *at = strrchr(a, '@');
+        return at ? at + 1 : "";
+}
+
+static json_object *envelope_recipients(Message *msg) {
+        return json_object_object_get(msg->envelope, "recipients");
+}
+
+/* ---- destinations: concurrency per domain ----------------------------------------- */
+
+static unsigned *dest_slot(Manager *m, const char *domain, bool create) {
+        for (size_t i = 0; i < m->n_dest; i++)
+                if (strcasecmp(m->dest_names[i], domain) == 0)
+                        return &m->dest_active[i];
+        if (!create)
+                return NULL;
+        char **n = realloc(m->dest_names, (m->n_dest + 1) * sizeof *n);
+        if (!n)
+                return NULL;
+        m->dest_names = n;
+        unsigned *a = realloc(m->dest_active, (m->n_dest + 1) * sizeof *a);
+        if (!a)
+                return NULL;
+        m->dest_active = a;
+        m->dest_names[m->n_dest] = strdup(domain);
+        if (!m->dest_names[m->n_dest])
+                return NULL;
+        m->dest_active[m->n_dest] = 0;
+        return &m->dest_active[m->n_dest++];
+}
+
+/* ---- routes from the configuration ------------------------------------------------- */
+
+/* "[192.0.2.1]:25", "[2001:db8::1]:2525", "mail.example:587" (MX lookup on the name). */
+static int parse_nexthop(const char *s, char **ret_host, uint16_t *ret_port, bool *ret_literal) {
+        const char *colon;
+        _cleanup_free_ char *host = NULL;
+        bool literal = false;
+
+        if (s[0] == '[') {
+                const char *end = strchr(s, ']');
+                if (!end)
+                        return -EINVAL;
+                host = strndup(s + 1, (size_t) (end - s - 1));
+                colon = end[1] == ':' ? end + 1 : NULL;
+                if (end[1] && !colon)
+                        return -EINVAL;
+                literal = true;
+        } else {
+                colon = strrchr(s, ':');
+                host = colon ? strndup(s, (size_t) (colon - s)) : strdup(s);
+        }
+        if (!host || !*host)
+                return -EINVAL;
+        unsigned long port = 25;
+        if (colon) {
+                char *e;
+                port = strtoul(colon + 1, &e, 10);
+                if (*e || port == 0 || port > 65535)
+                        return -EINVAL;
+        }
+        if (literal) {
+                struct in6_addr a6;
+                struct in_addr a4;
+                if (inet_pton(AF_INET, host, &a4) != 1 && inet_pton(AF_INET6, host, &a6) != 1)
+                        return -EINVAL;
+        }
+        *ret_host = TAKE_PTR(host);
+        *ret_port = (uint16_t) port;
+        *ret_literal = literal;
+        return 0;
+}
+
+/* The route for a domain: "domain=smtp:NEXTHOP" or "domain=lmtp:NEXTHOP" in
+ * [Queue] Routes=, else Relayhost=, else NULL (MX). Borrowed string. */
+static const char *route_for(Manager *m, const char *domain, bool *ret_lmtp) {
+        *ret_lmtp = false;
+        for (char **r = m->routes; r && *r; r++) {
+                const char *eq = strchr(*r, '=');
+                if (!eq || (size_t) (eq - *r) != strlen(domain) || strncasecmp(*r, domain, strlen(domain)) != 0)
+                        continue;
+                const char *v = eq + 1;
+                if (strncmp(v, "lmtp:", 5) == 0) {
+                        *ret_lmtp = true;
+                        return v + 5;
+                }
+                return strncmp(v, "smtp:", 5) == 0 ? v + 5 : v;
+        }
+        return m->relayhost;
+}
+
+int deliver_check_routes(char **routes, const char *relayhost, char *err, size_t errlen) {
+        for (char **r = routes; r && *r; r++) {
+                const char *eq = strchr(*r, '=');
+                _cleanup_free_ char *host = NULL;
+                uint16_t port;
+                bool lit;
+                const char *v = eq ? eq + 1 : NULL;
+                if (v && (strncmp(v, "lmtp:", 5) == 0 || strncmp(v, "smtp:", 5) == 0))
+                        v += 5;
+                if (!eq || eq == *r || !v || parse_nexthop(v, &host, &port, &lit) < 0) {
+                        snprintf(err, errlen, "invalid route \"%s\" (expected domain=smtp:[ip]:port or domain=lmtp:host:port)", *r);
+                        return -EINVAL;
+                }
+        }
+        if (relayhost) {
+                _cleanup_free_ char *host = NULL;
+                uint16_t port;
+                bool lit;
+                if (parse_nexthop(relayhost, &host, &port, &lit) < 0) {
+                        snprintf(err, errlen, "invalid Relayhost=%s (expected [ip]:port or host:port)", relayhost);
+                        return -EINVAL;
+                }
+        }
+        return 0;
+}
+
+/* ---- settling a message ------------------------------------------------------------ */
+
+static void log_recipient(Manager *m, Message *msg, const char *rcpt, const char *message_id, int priority,
+                          const char *relay, const char *status, const char *text, const char *tls) {
+        char f_id[64], f_rcpt[300], f_relay[300], f_status[32], f_delay[48], f_tls[160];
+        uint64_t delay = (uint64_t) time(NULL) - msg->arrival;
+
+        snprintf(f_id, sizeof f_id, "HALYARD_QUEUE_ID=%s", msg->id);
+        snprintf(f_rcpt, sizeof f_rcpt, "HALYARD_RCPT=%s", rcpt);
+        snprintf(f_relay, sizeof f_relay, "HALYARD_RELAY=%s", relay ? relay : "none");
+        snprintf(f_status, sizeof f_status, "HALYARD_DSN_STATUS=%s", status ? status : "");
+        snprintf(f_delay, sizeof f_delay, "HALYARD_DELAY=%llu", (unsigned long long) delay);
+        snprintf(f_tls, sizeof f_tls, "HALYARD_TLS=%s", tls ? tls : "none");
+        char esc[600];
+        log_escape(text ? text : "", text ? strlen(text) : 0, esc, sizeof esc);
+        log_event(priority, message_id, (const char *[]){ f_id, f_rcpt, f_relay, f_status, f_delay, f_tls, NULL },
+                  "%s: to=<%s>, relay=%s, delay=%llus, tls=%s, dsn=%s, %s", msg->id, rcpt, relay ? relay : "none",
+                  (unsigned long long) delay, tls ? tls : "none", status ? status : "", esc);
+}
+
+static void set_recipient(json_object *rc, const char *state, const char *error) {
+        json_object_object_add(rc, "state", json_object_new_string(state));
+        json_object_object_add(rc, "attempts",
+                               json_object_new_int(json_object_get_int(json_object_object_get(rc, "attempts")) + 1));
+        if (error)
+                json_object_object_add(rc, "lastError", json_object_new_string(error));
+}
+
+static unsigned notify_flags(json_object *rc) {
+        json_object *n = json_object_object_get(rc, "notify");
+        unsigned f = 0;
+        if (!json_object_is_type(n, json_type_array))
+                return 0;
+        for (size_t i = 0; i < json_object_array_length(n); i++) {
+                const char *s = json_object_get_string(json_object_array_get_idx(n, i));
+                if (strcasecmp(s, "NEVER") == 0)
+                        f |= BOUNCE_NOTIFY_NEVER;
+                else if (strcasecmp(s, "SUCCESS") == 0)
+                        f |= BOUNCE_NOTIFY_SUCCESS;
+                else if (strcasecmp(s, "FAILURE") == 0)
+                        f |= BOUNCE_NOTIFY_FAILURE;
+                else if (strcasecmp(s, "DELAY") == 0)
+                        f |= BOUNCE_NOTIFY_DELAY;
+        }
+        return f;
+}
+
+typedef struct DsnJob {
+        Manager *m;
+        json_object *envelope;
+} DsnJob;
+
+static void dsn_committed(Spool *s, const char *id, int error, void *userdata) {
+        DsnJob *job = userdata;
+        Manager *m = job->m;
+        Message *msg;
+
+        if (error < 0)
+                log_error_errno(error, "Failed to store a delivery status notification: %m");
+        else if (queue_add(m, id, job->envelope, (uint64_t) json_object_get_int64(json_object_object_get(job->envelope, "size")), &msg) >= 0) {
+                queue_event(m, EVENT_ACCEPTED, msg, NULL, "delivery status notification");
+                deliver_kick(m);
+        }
+        json_object_put(job->envelope);
+        free(job);
+}
+
+/* Writes a DSN about the recipients of msg in state (failed or delayed) and
+ * queues it to the sender. Nothing for the null sender or NOTIFY=NEVER. */
+static void send_dsn(Manager *m, Message *msg, BounceAction action) {
+        json_object *rcpts = envelope_recipients(msg);
+        size_t n = json_object_array_length(rcpts), k = 0;
+        const char *sender = json_object_get_string(json_object_object_get(msg->envelope, "sender"));
+        _cleanup_free_ BounceRecipient *br = calloc(n ? n : 1, sizeof *br);
+        _cleanup_free_ char (*types)[32] = calloc(n ? n : 1, sizeof *types);
+        if (!br || !types)
+                return;
+        const char *want = action == BOUNCE_ACTION_FAILED ? "failed" : "pending";
+        for (size_t i = 0; i < n; i++) {
+                json_object *rc = json_object_array_get_idx(rcpts, i);
+                if (!streq_ptr(json_object_get_string(json_object_object_get(rc, "state")), want))
+                        continue;
+                if (action == BOUNCE_ACTION_FAILED) {
+                        /* Each failure is reported once, as soon as it is known. */
+                        if (json_object_get_boolean(json_object_object_get(rc, "reported")))
+                                continue;
+                        json_object_object_add(rc, "reported", json_object_new_boolean(true));
+                }
+                const char *orcpt = json_object_get_string(json_object_object_get(rc, "orcpt"));
+                const char *semi = orcpt ? strchr(orcpt, ';') : NULL;
+                br[k] = (BounceRecipient){
+                        .final_recipient = json_object_get_string(json_object_object_get(rc, "address")),
+                        .action = action,
+                        .status = json_object_get_string(json_object_object_get(rc, "status")),
+                        .diagnostic = json_object_get_string(json_object_object_get(rc, "lastError")),
+                        .remote_mta = json_object_get_string(json_object_object_get(rc, "remoteMta")),
+                        .last_attempt = (time_t) json_object_get_int64(json_object_object_get(rc, "lastAttempt")),
+                        .will_retry_until = action == BOUNCE_ACTION_DELAYED ? (time_t) (msg->arrival + m->max_lifetime_sec) : 0,
+                        .notify = notify_flags(rc),
+                };
+                if (semi) {
+                        /* Keep the ORCPT type and address as the client sent them. */
+                        snprintf(types[k], sizeof types[k], "%.*s", (int) MIN((size_t) (semi - orcpt), sizeof types[k] - 1), orcpt);
+                        br[k].orcpt_type = types[k];
+                        br[k].orcpt = semi + 1;
+                }
+                k++;
+        }
+        const char *ret = json_object_get_string(json_object_object_get(msg->envelope, "ret"));
+        BounceEnvelope be = {
+                .sender = sender,
+                .envid = json_object_get_string(json_object_object_get(msg->envelope, "envid")),
+                .ret = streq_ptr(ret, "headers") ? BOUNCE_RET_HDRS : streq_ptr(ret, "full") ? BOUNCE_RET_FULL : BOUNCE_RET_DEFAULT,
+                .smtputf8 = json_object_get_boolean(json_object_object_get(msg->envelope, "smtputf8")),
+                .arrival_date = (time_t) msg->arrival,
+                .reporting_mta = m->hostname,
+                .queue_id = msg->id,
+        };
+        if (k == 0 || bounce_needed(&be, br, k) == 0)
+                return;
+
+        _cleanup_close_ int out = memfd_create("dsn", MFD_CLOEXEC);
+        _cleanup_close_ int orig = spool_open_content(m->spool, msg->id);
+        BounceOptions o;
+        BounceResult res;
+        bounce_options_init(&o);
+        if (out < 0 || bounce_write(&be, br, k, orig, &o, out, &res) < 0) {
+                log_error("%s: failed to write a delivery status notification", msg->id);
+                return;
+        }
+        json_object *env = json_object_new_object(), *list = json_object_new_array(), *rc = json_object_new_object();
+        json_object_object_add(env, "sender", json_object_new_string(""));
+        json_object_object_add(rc, "address", json_object_new_string(sender));
+        json_object_object_add(rc, "state", json_object_new_string("pending"));
+        json_object_object_add(rc, "attempts", json_object_new_int(0));
+        json_object_array_add(list, rc);
+        json_object_object_add(env, "recipients", list);
+        if (res.smtputf8)
+                json_object_object_add(env, "smtputf8", json_object_new_boolean(true));
+        if (res.eightbit)
+                json_object_object_add(env, "body", json_object_new_string("eightBitMime"));
+        json_object_object_add(env, "arrival", json_object_new_int64((int64_t) time(NULL)));
+        json_object_object_add(env, "state", json_object_new_string("active"));
+        json_object_object_add(env, "nextAttempt", json_object_new_int64(0));
+        json_object_object_add(env, "size", json_object_new_int64((int64_t) res.size));
+        json_object_object_add(env, "dsnFor", json_object_new_string(msg->id));
+        char id[SPOOL_ID_MAX];
+        DsnJob *job = calloc(1, sizeof *job);
+        if (!job) {
+                json_object_put(env);
+                return;
+        }
+        job->m = m;
+        job->envelope = env;
+        int r = spool_enqueue(m->spool, TAKE_FD(out), env, 0, dsn_committed, job, id);
+        if (r < 0) {
+                json_object_put(env);
+                free(job);
+        }
+        if (r < 0)
+                log_error_errno(r, "%s: failed to queue a delivery status notification: %m", msg->id);
+        else
+                log_info("%s: %s notification %s to <%s>", msg->id, action == BOUNCE_ACTION_FAILED ? "non-delivery" : "delay",
+                         id, sender);
+}
+
+static uint64_t retry_delay(Manager *m, unsigned attempts) {
+        if (m->n_retry == 0)
+                return 300;
+        return m->retry_sec[MIN(attempts ? attempts - 1 : 0, m->n_retry - 1)];
+}
+
+/* Called when no delivery for msg is running any more. */
+static void message_settle(Manager *m, Message *msg) {
+        json_object *rcpts = envelope_recipients(msg);
+        size_t pending = 0, failed = 0, n = json_object_array_length(rcpts);
+        uint64_t now = (uint64_t) time(NULL);
+
+        for (size_t i = 0; i < n; i++) {
+                const char *st = json_object_get_string(json_object_object_get(json_object_array_get_idx(rcpts, i), "state"));
+                pending += streq_ptr(st, "pending");
+                failed += streq_ptr(st, "failed");
+        }
+        if (pending > 0 && now >= msg->arrival + m->max_lifetime_sec) {
+                /* Give up: what is still pending fails as expired. */
+                for (size_t i = 0; i < n; i++) {
+                        json_object *rc = json_object_array_get_idx(rcpts, i);
+                        if (!streq_ptr(json_object_get_string(json_object_object_get(rc, "state")), "pending"))
+                                continue;
+                        const char *last = json_object_get_string(json_object_object_get(rc, "lastError"));
+                        char why[700];
+                        snprintf(why, sizeof why, "message expired after %llus in the queue%s%s",
+                                 (unsigned long long) (now - msg->arrival), last ? "; last error: " : "", last ? last : "");
+                        json_object_object_add(rc, "state", json_object_new_string("failed"));
+                        json_object_object_add(rc, "status", json_object_new_string("4.4.7"));
+                        json_object_object_add(rc, "lastError", json_object_new_string(why));
+                        const char *addr = json_object_get_string(json_object_object_get(rc, "address"));
+                        log_recipient(m, msg, addr, LOG_MESSAGE_BOUNCED, LOG_NOTICE, NULL, "4.4.7", why, NULL);
+                        queue_event(m, EVENT_EXPIRED, msg, addr, why);
+                        failed++;
+                }
+                pending = 0;
+        }
+        if (failed > 0)
+                send_dsn(m, msg, BOUNCE_ACTION_FAILED);
+        if (pending == 0) {
+                (void) spool_remove(m->spool, msg->id);
+                queue_remove(m, msg);
+                return;
+        }
+        unsigned attempts = (unsigned) json_object_get_int(json_object_object_get(msg->envelope, "attempts")) + 1;
+        json_object_object_add(msg->envelope, "attempts", json_object_new_int((int) attempts));
+        msg->next_attempt = now + retry_delay(m, attempts);
+        json_object_object_add(msg->envelope, "nextAttempt", json_object_new_int64((int64_t) msg->next_attempt));
+        if (msg->state != MESSAGE_HELD)
+                queue_set_state(m, msg, MESSAGE_DEFERRED);
+        if (m->delay_warning_sec > 0 && now >= msg->arrival + m->delay_warning_sec &&
+            !json_object_get_boolean(json_object_object_get(msg->envelope, "delayWarned"))) {
+                json_object_object_add(msg->envelope, "delayWarned", json_object_new_boolean(true));
+                send_dsn(m, msg, BOUNCE_ACTION_DELAYED);
+        }
+        (void) spool_update_envelope(m->spool, msg->id, msg->envelope);
+}
+
+/* ---- one delivery ------------------------------------------------------------------- */
+
+static void delivery_free(Delivery *d) {
+        if (!d)
+                return;
+        mx_lookup_cancel(d->mx);
+        smtp_client_free(d->client);
+        for (size_t i = 0; i < d->n_targets; i++)
+                free(d->targets[i].host);
+        free(d->targets);
+        free(d->idx);
+        free(d->rcpts);
+        free(d->domain);
+        safe_close(d->content_fd);
+        free(d);
+}
+
+static void delivery_done(Delivery *d) {
+        Manager *m = d->m;
+        Message *msg = d->msg;
+        unsigned *active = dest_slot(m, d->domain, false);
+        if (active && *active > 0)
+                (*active)--;
+        m->n_deliveries--;
+        for (Delivery **p = &m->deliveries; *p; p = &(*p)->next)
+                if (*p == d) {
+                        *p = d->next;
+                        break;
+                }
+        delivery_free(d);
+        if (--msg->in_flight == 0)
+                message_settle(m, msg);
+        deliver_kick(m);
+}
+
+/* Every recipient of the delivery gets the same outcome (no peer reached). */
+static void delivery_fail_all(Delivery *d, bool permanent, const char *status, const char *why) {
+        json_object *rcpts = envelope_recipients(d->msg);
+        for (size_t i = 0; i < d->n; i++) {
+                json_object *rc = json_object_array_get_idx(rcpts, d->idx[i]);
+                set_recipient(rc, permanent ? "failed" : "pending", why);
+                json_object_object_add(rc, "status", json_object_new_string(status));
+                json_object_object_add(rc, "lastAttempt", json_object_new_int64((int64_t) time(NULL)));
+                log_recipient(d->m, d->msg, d->rcpts[i], permanent ? LOG_MESSAGE_BOUNCED : LOG_MESSAGE_DEFERRED,
+                              permanent ? LOG_NOTICE : LOG_INFO, NULL, status, why, NULL);
+                queue_event(d->m, permanent ? EVENT_BOUNCED : EVENT_DEFERRED, d->msg, d->rcpts[i], why);
+        }
+        delivery_done(d);
+}
+
+static void delivery_try_next(Delivery *d);
+
+static void format_result_text(const SmtpResult *r, char *buf, size_t n) {
+        if (r->code > 0)
+                snprintf(buf, n, "%d %s%s%s", r->code, r->enhanced, r->enhanced[0] ? " " : "", r->text ? r->text : "");
+        else
+                snprintf(buf, n, "%s", r->text ? r->text : "failed");
+        for (char *p = buf; *p; p++)
+                if (*p == '\n' || *p == '\r')
+                        *p = ' ';
+}
+
+/* Whether any recipient's result came from the MAIL stage or later: the
+ * peer was reached and took part in the transaction. */
+static bool session_reached_mail(SmtpClient *c, size_t n) {
+        for (size_t i = 0; i < n && i < smtp_client_n_rcpts(c); i++) {
+                const SmtpResult *r = smtp_client_rcpt_result(c, i);
+                if (r->status != SMTP_STATUS_TEMPFAIL)
+                        return true;
+                switch (r->stage) {
+                case SMTP_STAGE_CONNECT:
+                case SMTP_STAGE_GREETING:
+                case SMTP_STAGE_EHLO:
+                case SMTP_STAGE_STARTTLS:
+                        break;
+                default:
+                        return true;
+                }
+        }
+        return false;
+}
+
+static void on_smtp_event(SmtpClient *c, SmtpClientEvent ev, void *userdata) {
+        Delivery *d = userdata;
+        const SmtpSessionFacts *facts = smtp_client_facts(c);
+        Target *t = &d->targets[d->cur];
+        char relay[400], tls[160] = "none";
+
+        {
+                char addr[INET6_ADDRSTRLEN] = "";
+                if (t->sa.ss_family == AF_INET)
+                        inet_ntop(AF_INET, &((struct sockaddr_in *) &t->sa)->sin_addr, addr, sizeof addr);
+                else
+                        inet_ntop(AF_INET6, &((struct sockaddr_in6 *) &t->sa)->sin6_addr, addr, sizeof addr);
+                snprintf(relay, sizeof relay, "%s[%s]:%u", t->host, addr, d->port);
+        }
+        if (facts && facts->tls)
+                snprintf(tls, sizeof tls, "%s %s", facts->tls_version ? facts->tls_version : "TLS",
+                         facts->tls_cipher ? facts->tls_cipher : "");
+
+        if (ev == SMTP_CLIENT_EVENT_TRANSACTION_DONE && !session_reached_mail(c, d->n)) {
+                /* Never got as far as MAIL (connect, greeting, EHLO, TLS):
+                 * like a broken connection, another next hop may do better. */
+                const SmtpResult *r = smtp_client_rcpt_result(c, 0);
+                char text[700];
+                format_result_text(r, text, sizeof text);
+                snprintf(d->last_error, sizeof d->last_error, "%.200s: %.300s", relay, text);
+                d->last_error_permanent = false;
+                snprintf(d->enhanced, sizeof d->enhanced, "%s", r->enhanced[0] ? r->enhanced : "4.4.1");
+                d->client = smtp_client_free(d->client);
+                d->cur++;
+                delivery_try_next(d);
+                return;
+        }
+        if (ev == SMTP_CLIENT_EVENT_TRANSACTION_DONE) {
+                json_object *rcpts = envelope_recipients(d->msg);
+                for (size_t i = 0; i < d->n && i < smtp_client_n_rcpts(c); i++) {
+                        const SmtpResult *r = smtp_client_rcpt_result(c, i);
+                        json_object *rc = json_object_array_get_idx(rcpts, d->idx[i]);
+                        char text[700];
+                        format_result_text(r, text, sizeof text);
+                        const char *status = r->enhanced[0] ? r->enhanced : r->status == SMTP_STATUS_OK ? "2.0.0"
+                                             : r->status == SMTP_STATUS_PERMFAIL                   ? "5.0.0"
+                                                                                                   : "4.0.0";
+                        json_object_object_add(rc, "status", json_object_new_string(status));
+                        json_object_object_add(rc, "remoteMta", json_object_new_string(t->host));
+                        json_object_object_add(rc, "lastAttempt", json_object_new_int64((int64_t) time(NULL)));
+                        if (r->status == SMTP_STATUS_OK) {
+                                set_recipient(rc, "delivered", NULL);
+                                log_recipient(d->m, d->msg, d->rcpts[i], LOG_MESSAGE_DELIVERED, LOG_INFO, relay, status, text, tls);
+                                queue_event(d->m, EVENT_DELIVERED, d->msg, d->rcpts[i], text);
+                        } else if (r->status == SMTP_STATUS_PERMFAIL) {
+                                set_recipient(rc, "failed", text);
+                                log_recipient(d->m, d->msg, d->rcpts[i], LOG_MESSAGE_BOUNCED, LOG_NOTICE, relay, status, text, tls);
+                                queue_event(d->m, EVENT_BOUNCED, d->msg, d->rcpts[i], text);
+                        } else {
+                                set_recipient(rc, "pending", text);
+                                log_recipient(d->m, d->msg, d->rcpts[i], LOG_MESSAGE_DEFERRED, LOG_INFO, relay, status, text, tls);
+                                queue_event(d->m, EVENT_DEFERRED, d->msg, d->rcpts[i], text);
+                        }
+                }
+                (void) smtp_client_quit(c);
+                d->n = 0; /* results recorded: CLOSED only tidies up */
+                return;
+        }
+
+        /* CLOSED */
+        if (d->n == 0) {
+                delivery_done(d);
+                return;
+        }
+        /* The session ended before results: a connection-level failure.
+         * Another address or MX host may do better. */
+        const SmtpResult *err = smtp_client_error(c);
+        char text[700];
+        format_result_text(err, text, sizeof text);
+        snprintf(d->last_error, sizeof d->last_error, "%.200s: %.300s", relay, text);
+        d->last_error_permanent = err->status == SMTP_STATUS_PERMFAIL && err->stage != SMTP_STAGE_CONNECT &&
+                                  err->stage != SMTP_STAGE_GREETING && err->stage != SMTP_STAGE_EHLO;
+        snprintf(d->enhanced, sizeof d->enhanced, "%s", err->enhanced[0] ? err->enhanced : "4.4.1");
+        d->client = smtp_client_free(d->client);
+        d->cur++;
+        delivery_try_next(d);
+}
+
+static void delivery_try_next(Delivery *d) {
+        Manager *m = d->m;
+
+        if (d->cur >= d->n_targets) {
+                delivery_fail_all(d, d->last_error_permanent, d->last_error_permanent ? d->enhanced : "4.4.1",
+                                  d->last_error[0] ? d->last_error : "no next hop could be reached");
+                return;
+        }
+        Target *t = &d->targets[d->cur];
+        SmtpClientOptions o = {
+                .lmtp = d->lmtp,
+                .tls = m->tls_policy,
+                .helo_name = m->hostname,
+                .peer_name = t->host,
+                .tls_server_name = t->host,
+                .timeouts = m->smtp_timeouts,
+                .on_event = on_smtp_event,
+                .userdata = d,
+        };
+        int r = smtp_client_connect(m->event, (struct sockaddr *) &t->sa, t->salen, &o, &d->client);
+        if (r < 0) {
+                snprintf(d->last_error, sizeof d->last_error, "%s: connect: %s", t->host, strerror(-r));
+                d->cur++;
+                delivery_try_next(d);
+                return;
+        }
+        struct stat st;
+        bool eightbit = streq_ptr(json_object_get_string(json_object_object_get(d->msg->envelope, "body")), "eightBitMime");
+        SmtpMessage sm = {
+                .from = json_object_get_string(json_object_object_get(d->msg->envelope, "sender")),
+                .rcpts = d->rcpts,
+                .n_rcpts = d->n,
+                .fd = d->content_fd,
+                .size = fstat(d->content_fd, &st) == 0 ? (uint64_t) st.st_size : 0,
+                .eightbit = eightbit,
+                .smtputf8 = json_object_get_boolean(json_object_object_get(d->msg->envelope, "smtputf8")),
+        };
+        r = smtp_client_send(d->client, &sm);
+        if (r < 0) {
+                snprintf(d->last_error, sizeof d->last_error, "%s: %s", t->host, strerror(-r));
+                d->client = smtp_client_free(d->client);
+                d->cur++;
+                delivery_try_next(d);
+        }
+}
+
+static int add_target(Delivery *d, const char *host, int family, const void *addr) {
+        Target *t = realloc(d->targets, (d->n_targets + 1) * sizeof *t);
+        if (!t)
+                return -ENOMEM;
+        d->targets = t;
+        t = &d->targets[d->n_targets];
+        memset(t, 0, sizeof *t);
+        t->host = strdup(host);
+        if (!t->host)
+                return -ENOMEM;
+        if (family == AF_INET) {
+                struct sockaddr_in *s = (struct sockaddr_in *) &t->sa;
+                s->sin_family = AF_INET;
+                s->sin_port = htons(d->port);
+                memcpy(&s->sin_addr, addr, sizeof s->sin_addr);
+                t->salen = sizeof *s;
+        } else {
+                struct sockaddr_in6 *s = (struct sockaddr_in6 *) &t->sa;
+                s->sin6_family = AF_INET6;
+                s->sin6_port = htons(d->port);
+                memcpy(&s->sin6_addr, addr, sizeof s->sin6_addr);
+                t->salen = sizeof *s;
+        }
+        d->n_targets++;
+        return 0;
+}
+
+static void on_mx(MxLookup *l, const MxResult *res, void *userdata) {
+        Delivery *d = userdata;
+        d->mx = NULL;
+        if (res->status != MX_OK) {
+                char why[600];
+                snprintf(why, sizeof why, "%s: %s", res->domain, res->reason ? res->reason : "lookup failed");
+                delivery_fail_all(d, res->status == MX_PERMANENT, res->enhanced_status ? res->enhanced_status : "4.4.3", why);
+                return;
+        }
+        for (size_t i = 0; i < res->n_hosts; i++)
+                for (size_t k = 0; k < res->hosts[i].n_addresses; k++) {
+                        const MxAddress *a = &res->hosts[i].addresses[k];
+                        if (add_target(d, res->hosts[i].name, a->family, a->family == AF_INET ? (const void *) &a->in : (const void *) &a->in6) < 0) {
+                                delivery_fail_all(d, false, "4.3.0", "out of memory");
+                                return;
+                        }
+                }
+        delivery_try_next(d);
+}
+
+static int delivery_start(Manager *m, Message *msg, const char *domain, size_t *idx, size_t n) {
+        Delivery *d = calloc(1, sizeof *d);
+        if (!d)
+                return -ENOMEM;
+        d->m = m;
+        d->msg = msg;
+        d->content_fd = -1;
+        d->domain = strdup(domain);
+        d->idx = idx;
+        d->n = n;
+        d->rcpts = calloc(n, sizeof *d->rcpts);
+        if (!d->domain || !d->rcpts) {
+                d->idx = NULL;
+                delivery_free(d);
+                return -ENOMEM;
+        }
+        json_object *rcpts = envelope_recipients(msg);
+        for (size_t i = 0; i < n; i++)
+                d->rcpts[i] = json_object_get_string(json_object_object_get(json_object_array_get_idx(rcpts, idx[i]), "address"));
+        d->content_fd = spool_open_content(m->spool, msg->id);
+
+        unsigned *active = dest_slot(m, domain, true);
+        if (active)
+                (*active)++;
+        m->n_deliveries++;
+        msg->in_flight++;
+        d->next = m->deliveries;
+        m->deliveries = d;
+
+        if (d->content_fd < 0) {
+                delivery_fail_all(d, false, "4.3.0", "the message content cannot be read from the spool");
+                return 0;
+        }
+
+        const char *route = route_for(m, domain, &d->lmtp);
+        if (route) {
+                _cleanup_free_ char *host = NULL;
+                bool literal;
+                if (parse_nexthop(route, &host, &d->port, &literal) < 0) {
+                        delivery_fail_all(d, false, "4.3.5", "invalid route in the configuration");
+                        return 0;
+                }
+                if (literal) {
+                        struct in_addr a4;
+                        struct in6_addr a6;
+                        int r = inet_pton(AF_INET, host, &a4) == 1 ? add_target(d, host, AF_INET, &a4)
+                                : inet_pton(AF_INET6, host, &a6) == 1 ? add_target(d, host, AF_INET6, &a6)
+                                                                      : -EINVAL;
+                        if (r < 0) {
+                                delivery_fail_all(d, false, "4.3.5", "invalid route address");
+                                return 0;
+                        }
+                        delivery_try_next(d);
+                        return 0;
+                }
+                /* A name: its MX (or address) records, on the route's port. */
+                int r = mx_lookup_start(m->resolver, host, &m->mx_config, on_mx, d, &d->mx);
+                if (r < 0)
+                        delivery_fail_all(d, false, "4.4.3", "DNS lookup could not be started");
+                return 0;
+        }
+        d->port = m->smtp_port;
+        int r = mx_lookup_start(m->resolver, domain, &m->mx_config, on_mx, d, &d->mx);
+        if (r < 0)
+                delivery_fail_all(d, false, "4.4.3", "DNS lookup could not be started");
+        return 0;
+}
+
+/* Starts deliveries for every domain of msg with pending recipients. */
+static void message_deliver(Manager *m, Message *msg) {
+        json_object *rcpts = envelope_recipients(msg);
+        size_t n = json_object_array_length(rcpts);
+        _cleanup_free_ bool *taken = calloc(n ? n : 1, sizeof *taken);
+        if (!taken)
+                return;
+
+        msg->in_flight++; /* held until every group has started */
+        for (size_t i = 0; i < n; i++) {
+                json_object *rc = json_object_array_get_idx(rcpts, i);
+                if (taken[i] || !streq_ptr(json_object_get_string(json_object_object_get(rc, "state")), "pending"))
+                        continue;
+                const char *domain = address_domain(json_object_get_string(json_object_object_get(rc, "address")));
+                unsigned *active = dest_slot(m, domain, true);
+                if (active && *active >= m->max_per_destination)
+                        continue; /* this domain waits for the next round */
+                size_t *idx = calloc(MIN(n, m->max_rcpts_per_transaction), sizeof *idx), k = 0;
+                if (!idx)
+                        break;
+                for (size_t j = i; j < n && k < m->max_rcpts_per_transaction; j++) {
+                        json_object *o = json_object_array_get_idx(rcpts, j);
+                        if (taken[j] || !streq_ptr(json_object_get_string(json_object_object_get(o, "state")), "pending"))
+                                continue;
+                        if (strcasecmp(address_domain(json_object_get_string(json_object_object_get(o, "address"))), domain) != 0)
+                                continue;
+                        taken[j] = true;
+                        idx[k++] = j;
+                }
+                if (delivery_start(m, msg, domain, idx, k) < 0)
+                        free(idx);
+        }
+        if (--msg->in_flight == 0)
+                message_settle(m, msg);
+}
+
+typedef struct Pick {
+        uint64_t now;
+        Message **due;
+        size_t n, max;
+} Pick;
+
+static int pick_due(Manager *m, Message *msg, void *userdata) {
+        Pick *p = userdata;
+        if (p->n >= p->max)
+                return -ENOSPC; /* enough for this round */
+        if (msg->in_flight || msg->state == MESSAGE_HELD || msg->next_attempt > p->now)
+                return 0;
+        p->due[p->n++] = msg;
+        return 0;
+}
+
+static int schedule(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        if (daemon_is_draining(m->daemon) || m->n_deliveries >= m->max_deliveries)
+                goto rearm;
+        Pick p = { .now = (uint64_t) time(NULL), .max = m->max_deliveries - m->n_deliveries };
+        p.due = calloc(p.max, sizeof *p.due);
+        if (!p.due)
+                goto rearm;
+        (void) queue_foreach(m, pick_due, &p);
+        for (size_t i = 0; i < p.n && m->n_deliveries < m->max_deliveries; i++) {
+                if (p.due[i]->state == MESSAGE_DEFERRED)
+                        queue_set_state(m, p.due[i], MESSAGE_ACTIVE);
+                message_deliver(m, p.due[i]);
+        }
+        free(p.due);
+rearm:
+        if (s)
+                (void) sd_event_source_set_time_relative(s, SCHEDULE_INTERVAL_USEC);
+        return 0;
+}
+
+static int kick_handler(sd_event_source *s, void *userdata) {
+        return schedule(NULL, 0, userdata);
+}
+
+void deliver_kick(Manager *m) {
+        if (m->kick)
+                (void) sd_event_source_set_enabled(m->kick, SD_EVENT_ONESHOT);
+}
+
+int deliver_setup(Manager *m) {
+        int r = sd_event_add_time_relative(m->event, &m->scheduler, CLOCK_MONOTONIC, SCHEDULE_INTERVAL_USEC, 0, schedule, m);
+        if (r < 0)
+                return r;
+        r = sd_event_source_set_enabled(m->scheduler, SD_EVENT_ON);
+        if (r < 0)
+                return r;
+        r = sd_event_add_defer(m->event, &m->kick, kick_handler, m);
+        if (r < 0)
+                return r;
+        return sd_event_source_set_enabled(m->kick, SD_EVENT_ONESHOT);
+}
+
+void deliver_cancel_message(Manager *m, Message *msg) {
+        for (Delivery **p = &m->deliveries; *p;) {
+                Delivery *d = *p;
+                if (d->msg != msg) {
+                        p = &d->next;
+                        continue;
+                }
+                *p = d->next;
+                unsigned *active = dest_slot(m, d->domain, false);
+                if (active && *active > 0)
+                        (*active)--;
+                m->n_deliveries--;
+                delivery_free(d);
+        }
+        msg->in_flight = 0;
+}
+
+void deliver_stop(Manager *m) {
+        while (m->deliveries) {
+                Delivery *d = m->deliveries;
+                m->deliveries = d->next;
+                d->msg->in_flight = 0;
+                delivery_free(d);
+        }
+        m->n_deliveries = 0;
+        m->scheduler = sd_event_source_disable_unref(m->scheduler);
+        m->kick = sd_event_source_disable_unref(m->kick);
+        for (size_t i = 0; i < m->n_dest; i++)
+                free(m->dest_names[i]);
+        free(m->dest_names);
+        free(m->dest_active);
+        m->dest_names = NULL;
+        m->dest_active = NULL;
+        m->n_dest = 0;
+}

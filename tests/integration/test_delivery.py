@@ -1,0 +1,311 @@
+#!/usr/bin/python3
+"""halyard-queued delivering: the real binary under systemd-socket-activate,
+a real DNSSEC-signed DNS on loopback (tests/dns/fixture.sh: nsd + unbound)
+for MX lookups, and real receiving servers (aiosmtpd SMTP and LMTP) on
+127.0.0.1. Covers MX delivery and fallback, per-recipient results,
+retries, null MX, expiry, DSN content, LMTP routes, and kill -9 under load
+with every acknowledged message arriving."""
+
+import email
+import email.policy
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import unittest
+
+import harness
+from harness import SOURCE_ROOT, wait_until
+from smtp_peers import free_port
+from test_queued import Queued, enqueue as enqueue_as
+
+
+def enqueue(conn, data, sender="alice@deliver.halyard.test", **kw):
+    return enqueue_as(conn, data, sender=sender, **kw)
+
+FIXTURE = SOURCE_ROOT / "tests" / "dns" / "fixture.sh"
+
+
+class Sink:
+    """aiosmtpd (SMTP or LMTP) that records messages; a recipient whose
+    local part starts with "temp" gets 451 while `tempfail` is set, "perm"
+    gets 550."""
+
+    def __init__(self, lmtp=False):
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.lmtp import LMTP
+        from aiosmtpd.smtp import SMTP
+
+        self.port = free_port()
+        self.messages = []
+        self.tempfail = True
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                local = address.split("@")[0]
+                if local.startswith("perm"):
+                    return "550 5.1.1 <%s>: no such user" % address
+                if local.startswith("temp") and outer.tempfail:
+                    return "451 4.3.0 <%s>: try again later" % address
+                envelope.rcpt_tos.append(address)
+                return "250 2.1.5 Ok"
+
+            async def handle_DATA(self, server, session, envelope):
+                with outer.lock:
+                    outer.messages.append({"from": envelope.mail_from, "rcpts": list(envelope.rcpt_tos),
+                                           "content": envelope.original_content})
+                if lmtp:
+                    return "\r\n".join("250 2.0.0 <%s> delivered" % r for r in envelope.rcpt_tos)
+                return "250 2.0.0 Ok: queued"
+
+        class Ctl(Controller):
+            def factory(self):
+                return (LMTP if lmtp else SMTP)(self.handler, decode_data=False, enable_SMTPUTF8=True,
+                                                ident="halyard-test-sink")
+
+        self.controller = Ctl(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self):
+        self.controller.stop()
+
+    def find(self, needle):
+        with self.lock:
+            return [m for m in self.messages if needle in m["content"]]
+
+    def dsns(self):
+        with self.lock:
+            return [email.message_from_bytes(m["content"], policy=email.policy.default)
+                    for m in self.messages if m["from"] in ("", "<>")]
+
+
+class DnsFixture:
+    def __init__(self, tmp):
+        self.dir = tmp / "dns"
+        subprocess.run([str(FIXTURE), "start", str(self.dir)], check=True, timeout=60,
+                       stdout=subprocess.DEVNULL)
+        out = subprocess.run([str(FIXTURE), "env", str(self.dir)], check=True, timeout=10,
+                             capture_output=True, text=True).stdout
+        self.env = {}
+        for line in out.splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                self.env[k.replace("export ", "").strip()] = v.strip().strip("'\"")
+
+    def stop(self):
+        subprocess.run([str(FIXTURE), "stop", str(self.dir)], timeout=30, stdout=subprocess.DEVNULL)
+
+
+def message(tag, sender="alice@deliver.halyard.test"):
+    return ("From: %s\r\nTo: bob@deliver.halyard.test\r\nSubject: %s\r\nMessage-ID: <%s@test>\r\n\r\n"
+            "body of %s\r\n" % (sender, tag, tag, tag)).encode()
+
+
+class DeliveryTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = harness.TempDir()
+        cls.dns = DnsFixture(cls.tmp)
+        cls.sink = Sink()
+        cls.lmtp = Sink(lmtp=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.sink.stop()
+        cls.lmtp.stop()
+        cls.dns.stop()
+        cls.tmp.cleanup()
+
+    def config(self, extra=""):
+        e = self.dns.env
+        return ("[Queue]\nHostName=queued.halyard.test\nSmtpPort=%d\nRetrySchedule=1s\nSmtpTimeout=10s\n"
+                "TLS=may\nRoutes=lmtp.test=lmtp:[127.0.0.1]:%d\n%s\n"
+                "[DNS]\nForwarders=%s\nTrustAnchor=%s\nTransparentZones=halyard.test\nTimeout=5s\n"
+                % (self.sink.port, self.lmtp.port, extra, e["HALYARD_DNS_FORWARDER"], e["HALYARD_DNS_TA"]))
+
+    def start_queued(self, extra=""):
+        d = harness.TempDir()
+        self.addCleanup(d.cleanup)
+        q = Queued(d, config=self.config(extra)).start()
+        self.addCleanup(lambda: q.proc.poll() is None and q.kill())
+        return q
+
+    def wait_for(self, q, predicate, timeout, what):
+        try:
+            wait_until(predicate, timeout, what=what)
+        except AssertionError as e:
+            raise AssertionError("%s\nqueued's log:\n%s" % (e, q.log()[-4000:])) from None
+
+    def wait_empty(self, q, timeout=20):
+        def empty():
+            with q.conn() as c:
+                st = c.call("io.halyard.Queue.GetStatus")["parameters"]
+                return st["active"] + st["deferred"] + st["held"] == 0
+        self.wait_for(q, empty, timeout, "an empty queue")
+
+    def test_mx_delivery_and_fallback(self):
+        q = self.start_queued()
+        with q.conn() as c:
+            qid = enqueue(c, message("mx-1"), rcpts=("bob@deliver.halyard.test",))["parameters"]["queueId"]
+            qid2 = enqueue(c, message("mx-2"), rcpts=("carol@deliver2.halyard.test",))["parameters"]["queueId"]
+        self.wait_for(q, lambda: self.sink.find(b"Subject: mx-1") and self.sink.find(b"Subject: mx-2"), 20,
+                      "both messages at the sink")
+        m = self.sink.find(b"Subject: mx-1")[0]
+        self.assertEqual(m["rcpts"], ["bob@deliver.halyard.test"])
+        self.assertEqual(m["from"], "alice@deliver.halyard.test")
+        self.wait_empty(q)
+        log = q.log()
+        self.assertRegex(log, qid + r": to=<bob@deliver.halyard.test>, relay=mx.deliver.halyard.test\[127.0.0.1\]:\d+")
+        # deliver2's first MX (127.0.0.2) refuses: the second one took it.
+        self.assertRegex(log, qid2 + r": to=<carol@deliver2.halyard.test>, relay=live.deliver2.halyard.test\[127.0.0.1\]")
+
+    def test_mixed_results_retry_and_dsn(self):
+        self.sink.tempfail = True
+        q = self.start_queued()
+        mon = q.conn()
+        mon.send("io.halyard.Queue.Monitor", {}, more=True)
+        with q.conn() as c:
+            qid = enqueue(c, message("mixed"), rcpts=("ok@deliver.halyard.test", "temp@deliver.halyard.test",
+                                                      "perm@deliver.halyard.test"),
+                          envid="ENV-MIXED")["parameters"]["queueId"]
+        self.wait_for(q, lambda: self.sink.find(b"Subject: mixed"), 20, "the accepted recipient's copy")
+        # The permanent failure comes back as a DSN to the sender.
+        self.wait_for(q, lambda: [d for d in self.sink.dsns() if "ENV-MIXED" in d.as_string()], 20, "the DSN")
+        dsn = [d for d in self.sink.dsns() if "ENV-MIXED" in d.as_string()][0]
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        self.assertEqual(dsn["To"], "alice@deliver.halyard.test")
+        text = dsn.as_string()
+        self.assertIn("Final-Recipient: rfc822; perm@deliver.halyard.test", text)
+        self.assertIn("Status: 5.1.1", text)
+        self.assertIn("X-Halyard-Queue-ID: " + qid, text)
+        self.assertNotIn("Final-Recipient: rfc822; temp@", text)
+        with q.conn() as c:
+            show = c.call("io.halyard.Queue.Show", {"queueId": qid})["parameters"]["message"]
+            states = {r["address"]: r["state"] for r in show["recipients"]}
+            self.assertEqual(states, {"ok@deliver.halyard.test": "delivered", "temp@deliver.halyard.test": "pending",
+                                      "perm@deliver.halyard.test": "failed"})
+            self.assertEqual(show["state"], "deferred")
+            temp = [r for r in show["recipients"] if r["address"].startswith("temp")][0]
+            self.assertIn("451", temp["lastError"])
+        # The receiver recovers: the retry delivers the last recipient only.
+        self.sink.tempfail = False
+        self.wait_for(q, lambda: [m for m in self.sink.find(b"Subject: mixed") if m["rcpts"] == ["temp@deliver.halyard.test"]],
+                      20, "the retried recipient")
+        self.wait_empty(q)
+        events = []
+        while True:
+            r = mon.recv(timeout=1)
+            if r is None:
+                break
+            events.append((r["parameters"]["event"], r["parameters"].get("recipient")))
+            if ("delivered", "temp@deliver.halyard.test") in events:
+                break
+        mon.close()
+        self.assertIn(("deferred", "temp@deliver.halyard.test"), events)
+        self.assertIn(("bounced", "perm@deliver.halyard.test"), events)
+
+    def test_null_mx_bounces_at_once(self):
+        q = self.start_queued()
+        with q.conn() as c:
+            enqueue(c, message("nullmx"), rcpts=("user@nullmx.halyard.test",), envid="ENV-NULLMX")
+        self.wait_for(q, lambda: [d for d in self.sink.dsns() if "ENV-NULLMX" in d.as_string()], 20, "the null-MX DSN")
+        text = [d for d in self.sink.dsns() if "ENV-NULLMX" in d.as_string()][0].as_string()
+        self.assertIn("Status: 5.1.10", text)
+        self.assertIn("Action: failed", text)
+        self.wait_empty(q)
+
+    def test_no_dsn_for_null_sender(self):
+        q = self.start_queued()
+        before = len(self.sink.dsns())
+        with q.conn() as c:
+            enqueue(c, message("null-sender"), sender="", rcpts=("perm@deliver.halyard.test",))
+        self.wait_empty(q)
+        time.sleep(1)
+        self.assertEqual(len(self.sink.dsns()), before)
+        self.assertIn("to=<perm@deliver.halyard.test>", q.log())
+
+    def test_expiry(self):
+        self.sink.tempfail = True
+        q = self.start_queued("MaxLifetime=3s\n")
+        with q.conn() as c:
+            enqueue(c, message("expire"), rcpts=("temp2@deliver.halyard.test",), envid="ENV-EXPIRE")
+        self.wait_for(q, lambda: [d for d in self.sink.dsns() if "ENV-EXPIRE" in d.as_string()], 30, "the expiry DSN")
+        text = [d for d in self.sink.dsns() if "ENV-EXPIRE" in d.as_string()][0].as_string()
+        self.assertIn("Status: 4.4.7", text)
+        self.assertIn("expired", text)
+        self.wait_empty(q)
+
+    def test_lmtp_route(self):
+        q = self.start_queued()
+        with q.conn() as c:
+            enqueue(c, message("lmtp"), rcpts=("a@lmtp.test", "b@lmtp.test"))
+        self.wait_for(q, lambda: self.lmtp.find(b"Subject: lmtp"), 20, "the LMTP delivery")
+        self.assertEqual(self.lmtp.find(b"Subject: lmtp")[0]["rcpts"], ["a@lmtp.test", "b@lmtp.test"])
+        self.wait_empty(q)
+
+
+class CrashDeliveryTest(unittest.TestCase):
+    """kill -9 of queued, repeatedly, while clients enqueue and deliveries
+    run: every acknowledged message reaches the receiver at least once."""
+
+    def test_kill9_under_load_everything_arrives(self):
+        tmp = harness.TempDir()
+        self.addCleanup(tmp.cleanup)
+        sink = Sink()
+        self.addCleanup(sink.stop)
+        sink.tempfail = False
+        # No DNS needed: everything is routed to the sink.
+        config = ("[Queue]\nHostName=queued.test\nRetrySchedule=1s\nSmtpTimeout=10s\n"
+                  "Routes=crash.test=smtp:[127.0.0.1]:%d\n" % sink.port)
+        q = Queued(tmp, config=config)
+        acked = {}
+        lock = threading.Lock()
+        rng = random.Random(7)
+        for rnd in range(8):
+            q.start()
+            stop = threading.Event()
+
+            def client(n):
+                try:
+                    with q.conn() as c:
+                        i = 0
+                        while not stop.is_set():
+                            tag = "crash-%d-%d-%d" % (rnd, n, i)
+                            r = enqueue(c, ("Subject: %s\r\n\r\nx\r\n" % tag).encode(), rcpts=("u@crash.test",))
+                            if "error" not in r:
+                                with lock:
+                                    acked[r["parameters"]["queueId"]] = tag
+                            i += 1
+                except (OSError, EOFError, ValueError, ConnectionError, TimeoutError):
+                    pass
+
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.1, 0.5))
+            q.kill()
+            stop.set()
+            for t in threads:
+                t.join(10)
+        q.start()
+
+        def all_arrived():
+            with sink.lock:
+                got = {m["content"].split(b"Subject: ")[1].split(b"\r\n")[0].decode() for m in sink.messages}
+            return set(acked.values()) <= got
+        wait_until(all_arrived, 60, what="every acknowledged message at the receiver")
+        with sink.lock:
+            tags = [m["content"].split(b"Subject: ")[1].split(b"\r\n")[0].decode() for m in sink.messages]
+        dups = len(tags) - len(set(tags))
+        q.kill()
+        self.assertGreater(len(acked), 30)
+        print("crash delivery test: %d acknowledged, %d received, %d duplicates" % (len(acked), len(tags), dups))
+        self.assertLess(dups, max(5, len(acked) // 10), "too many duplicates")
+
+
+if __name__ == "__main__":
+    unittest.main()
