@@ -17,7 +17,8 @@
 #define _sentinel_ __attribute__((sentinel))
 #define _likely_(x) __builtin_expect(!!(x), 1)
 #define _unlikely_(x) __builtin_expect(!!(x), 0)
-#define _cleanup_(f) __attribute__((cleanup(f)))
+/* A variable with a destructor is used by it: clang would warn otherwise. */
+#define _cleanup_(f) __attribute__((cleanup(f), unused))
 
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -1034,7 +1034,7 @@ static int varlink_process(Varlink *link) {
 }
 
 static void varlink_run(Varlink *link, bool readable) {
-        _unused_ _cleanup_(varlink_unrefp) Varlink *ref = varlink_ref(link);
+        _cleanup_(varlink_unrefp) Varlink *ref = varlink_ref(link);
         int r = 0;
 
         if (readable && link->connected) {
@@ -1067,7 +1067,7 @@ static int defer_handler(sd_event_source *s, void *userdata) {
 
 static int timer_handler(sd_event_source *s, uint64_t usec, void *userdata) {
         Varlink *link = userdata;
-        _unused_ _cleanup_(varlink_unrefp) Varlink *ref = varlink_ref(link);
+        _cleanup_(varlink_unrefp) Varlink *ref = varlink_ref(link);
         /* Replies are matched by order, so a late reply would be taken for
          * the next call's: a timeout ends the connection. */
         fail_pending(link, VARLINK_ERROR_TIMEOUT);

@@ -833,6 +833,24 @@ void deliver_cancel_message(Manager *m, Message *msg) {
         msg->in_flight = 0;
 }
 
+void deliver_bounce_message(Manager *m, Message *msg, const char *reason) {
+        json_object *rcpts = envelope_recipients(msg);
+
+        deliver_cancel_message(m, msg);
+        for (size_t i = 0; i < json_object_array_length(rcpts); i++) {
+                json_object *rc = json_object_array_get_idx(rcpts, i);
+                if (!streq_ptr(json_object_get_string(json_object_object_get(rc, "state")), "pending"))
+                        continue;
+                const char *addr = json_object_get_string(json_object_object_get(rc, "address"));
+                json_object_object_add(rc, "state", json_object_new_string("failed"));
+                json_object_object_add(rc, "status", json_object_new_string("5.0.0"));
+                json_object_object_add(rc, "lastError", json_object_new_string(reason));
+                log_recipient(m, msg, addr, LOG_MESSAGE_BOUNCED, LOG_NOTICE, NULL, "5.0.0", reason, NULL);
+                queue_event(m, EVENT_BOUNCED, msg, addr, reason);
+        }
+        message_settle(m, msg);
+}
+
 void deliver_stop(Manager *m) {
         while (m->deliveries) {
                 Delivery *d = m->deliveries;

@@ -421,6 +421,18 @@ static int method_delete(Varlink *link, json_object *params, VarlinkCallFlags fl
         return varlink_reply(link, NULL);
 }
 
+static int method_bounce(Varlink *link, json_object *params, VarlinkCallFlags flags, void *userdata) {
+        Manager *m = userdata;
+        int r = 0;
+        Message *msg = find_or_error(m, link, params, &r);
+        if (!msg)
+                return r;
+        /* Settling may remove msg: answer first. */
+        r = varlink_reply(link, NULL);
+        deliver_bounce_message(m, msg, "delivery cancelled by the administrator");
+        return r;
+}
+
 typedef struct RetryDomain {
         const char *domain;
         int64_t count;
@@ -505,6 +517,7 @@ int queued_varlink_setup(Manager *m) {
                 { "io.halyard.Queue.Hold", method_hold, 0 },
                 { "io.halyard.Queue.Release", method_release, 0 },
                 { "io.halyard.Queue.Delete", method_delete, 0 },
+                { "io.halyard.Queue.Bounce", method_bounce, 0 },
                 { "io.halyard.Queue.Monitor", method_monitor, VARLINK_METHOD_REQUIRES_MORE },
         };
         static const VarlinkServerInfo info = {

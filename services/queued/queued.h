@@ -122,5 +122,7 @@ void deliver_stop(Manager *m);
 void deliver_kick(Manager *m);
 /* Stops the delivery attempts running for msg (Delete). */
 void deliver_cancel_message(Manager *m, Message *msg);
+/* Fails every pending recipient of msg now (with a DSN) and settles it. */
+void deliver_bounce_message(Manager *m, Message *msg, const char *reason);
 /* Checks Routes= and Relayhost= syntax; fills err. */
 int deliver_check_routes(char **routes, const char *relayhost, char *err, size_t errlen);

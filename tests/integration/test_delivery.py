@@ -17,7 +17,7 @@ import time
 import unittest
 
 import harness
-from harness import SOURCE_ROOT, wait_until
+from harness import SOURCE_ROOT, halyardctl, wait_until
 from smtp_peers import free_port
 from test_queued import Queued, enqueue as enqueue_as
 
@@ -237,6 +237,29 @@ class DeliveryTest(unittest.TestCase):
         text = [d for d in self.sink.dsns() if "ENV-EXPIRE" in d.as_string()][0].as_string()
         self.assertIn("Status: 4.4.7", text)
         self.assertIn("expired", text)
+        self.wait_empty(q)
+
+    def test_delay_warning_then_operator_bounce(self):
+        self.sink.tempfail = True
+        q = self.start_queued("DelayWarning=1s\n")
+        with q.conn() as c:
+            qid = enqueue(c, message("delay"), rcpts=("temp3@deliver.halyard.test",), envid="ENV-DELAY")["parameters"]["queueId"]
+        self.wait_for(q, lambda: [d for d in self.sink.dsns() if "ENV-DELAY" in d.as_string()], 20, "the delay warning")
+        text = [d for d in self.sink.dsns() if "ENV-DELAY" in d.as_string()][0].as_string()
+        self.assertIn("Action: delayed", text)
+        self.assertIn("Will-Retry-Until:", text)
+        with q.conn() as c:
+            self.assertEqual(c.call("io.halyard.Queue.Show", {"queueId": qid})["parameters"]["message"]["state"], "deferred")
+        # Exactly one warning, however many attempts follow.
+        time.sleep(2.5)
+        self.assertEqual(len([d for d in self.sink.dsns() if "ENV-DELAY" in d.as_string()]), 1)
+        r = halyardctl("--runtime-dir=%s" % q.tmp.path, "queue", "bounce", qid)
+        self.assertEqual(r.rc, 0, r)
+        self.wait_for(q, lambda: len([d for d in self.sink.dsns() if "ENV-DELAY" in d.as_string()]) == 2, 20,
+                      "the operator's bounce")
+        text = [d for d in self.sink.dsns() if "ENV-DELAY" in d.as_string()][1].as_string()
+        self.assertIn("Action: failed", text)
+        self.assertIn("cancelled by the administrator", text)
         self.wait_empty(q)
 
     def test_lmtp_route(self):

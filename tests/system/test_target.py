@@ -51,13 +51,43 @@ HALYARDCTL = '/usr/bin/halyardctl'
 SERVICE = 'halyard-testd.service'
 SOCKET = 'halyard-testd.socket'
 
-CONFIG = '# written by tests/system/test_target.py\n[Test]\nGreeting=hello from the system test\n'
-CONFIG_RELOADED = '# written by tests/system/test_target.py\n[Test]\nGreeting=reloaded\n'
+# halyard-queued delivers sys.test to the sink the test starts in the container.
+QUEUE_CONFIG = '[Queue]\nHostName=queued.sys.test\nRoutes=sys.test=smtp:[127.0.0.1]:2526\nRetrySchedule=1s\n'
+CONFIG = '# written by tests/system/test_target.py\n[Test]\nGreeting=hello from the system test\n' + QUEUE_CONFIG
+CONFIG_RELOADED = '# written by tests/system/test_target.py\n[Test]\nGreeting=reloaded\n' + QUEUE_CONFIG
 # Refused by `halyard-testd --check` (MaxConnections is a number).
 CONFIG_BAD = '[Test]\nGreeting=must not be applied\nMaxConnections=many\n'
 SECRET = 'system-test-secret\n'
 
 ARGS = None
+
+SINK = r"""
+import time
+from aiosmtpd.controller import Controller
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        with open('/run/sink.txt', 'ab') as f:
+            f.write(envelope.original_content)
+        return '250 2.0.0 Ok'
+Controller(Handler(), hostname='127.0.0.1', port=2526).start()
+open('/run/sink.ready', 'w').close()
+time.sleep(600)
+"""
+
+ENQUEUE = r"""
+import json, os, socket
+fd = os.memfd_create('msg')
+os.write(fd, b'From: a@sys.test\r\nTo: user@sys.test\r\nSubject: system test\r\n\r\nhello\r\n')
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(20)
+s.connect('/run/halyard/io.halyard.Queue')
+call = {'method': 'io.halyard.Queue.Enqueue', 'parameters': {'sender': 'a@sys.test', 'recipients': [{'address': 'user@sys.test'}], 'content': 0}}
+socket.send_fds(s, [json.dumps(call).encode() + b'\0'], [fd])
+buf = b''
+while not buf.endswith(b'\0'):
+    buf += s.recv(4096)
+print(buf[:-1].decode())
+"""
 
 
 def parse_args(argv):
@@ -275,7 +305,47 @@ class HalyardTargetTest(unittest.TestCase):
         self.assertEqual(self.is_active(SERVICE), 'active')
         self.assertNotEqual(int(self.prop(SERVICE, 'MainPID')), pid)
 
-    def test_04_stop_start_target(self):
+    def test_04_queued_delivers_and_journals(self):
+        """halyard-queued runs from boot (halyard.target wants it), takes a
+        message over varlink with its content as an fd, delivers it to a
+        receiver in the container, and the journal tells the story by queue
+        id with the structured fields."""
+        c = self.c
+        c.wait_for(lambda: self.is_active('halyard-queued.service') == 'active', timeout=20,
+                   what='halyard-queued.service started with the target')
+        c.write_file('/run/sink.py', SINK, mode=0o644)
+        c.run('systemd-run', '--unit=halyard-test-sink', '/usr/bin/python3', '/run/sink.py', check=True, timeout=30)
+        c.wait_for(lambda: c.run('test', '-e', '/run/sink.ready').rc == 0, timeout=20, what='the sink')
+        r = c.run('/usr/bin/python3', '-c', ENQUEUE, timeout=30)
+        self.assertEqual(r.rc, 0, r.stderr)
+        reply = json.loads(r.stdout)
+        self.assertNotIn('error', reply, reply)
+        qid = reply['parameters']['queueId']
+        c.wait_for(lambda: 'Subject: system test' in c.run('cat', '/run/sink.txt').stdout, timeout=30,
+                   what='the message at the receiver')
+        def entries():
+            out = c.run('journalctl', '--no-pager', '-o', 'json', 'HALYARD_QUEUE_ID=' + qid).stdout
+            return [json.loads(l) for l in out.splitlines() if l.strip()]
+        c.wait_for(lambda: any(e.get('MESSAGE_ID') == '7c1e0b5a3d2f4e6c8a9b0c1d2e3f4a51' for e in entries()),
+                   timeout=20, what='the delivered entry')
+        ids = {e['MESSAGE_ID'] for e in entries()}
+        self.assertIn('7c1e0b5a3d2f4e6c8a9b0c1d2e3f4a50', ids)  # accepted
+        delivered = [e for e in entries() if e['MESSAGE_ID'] == '7c1e0b5a3d2f4e6c8a9b0c1d2e3f4a51'][0]
+        self.assertEqual(delivered['HALYARD_RCPT'], 'user@sys.test')
+        self.assertEqual(delivered['HALYARD_RELAY'], '127.0.0.1[127.0.0.1]:2526')
+        self.assertEqual(delivered['HALYARD_DSN_STATUS'], '2.0.0')
+        self.assertEqual(delivered['_SYSTEMD_UNIT'], 'halyard-queued.service')
+        self.assertIn('HALYARD_DELAY', delivered)
+        if self.has_ctl:
+            r = c.run(HALYARDCTL, 'status', timeout=30)
+            self.assertRegex(r.stdout, r'queued\s+running\s+0 active, 0 deferred, 0 held')
+            r = c.run(HALYARDCTL, 'queue', 'list', timeout=30)
+            self.assertEqual(r.rc, 0, r.stderr)
+            self.assertIn('-- 0 messages', r.stdout)
+        # The spool lives in the state directory, owned by the dynamic user.
+        self.assertEqual(c.run('test', '-d', '/var/lib/private/halyard-queued/spool/msg').rc, 0)
+
+    def test_05_stop_start_target(self):
         # PartOf=halyard.target on the sockets: stopping the target stops
         # them, and Requires= stops their services; starting it again brings
         # the sockets back (services wait for a client).
