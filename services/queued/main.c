@@ -33,6 +33,8 @@ const ConfigKey queued_config_keys[] = {
         { "Queue", "MaxRecipientsPerTransaction", CONFIG_UINT },
         { "Queue", "IPv4", CONFIG_BOOL },
         { "Queue", "IPv6", CONFIG_BOOL },
+        { "Queue", "SourceAddresses", CONFIG_ADDRESSES },
+        { "Queue", "SourceBySenderDomain", CONFIG_LIST },
         { "DNS", "Forwarders", CONFIG_LIST },
         { "DNS", "TrustAnchor", CONFIG_STRING },
         { "DNS", "TransparentZones", CONFIG_LIST },
@@ -65,10 +67,21 @@ static int check_config(Config *c, const char *path) {
                                 break;
                         }
                 }
+        _cleanup_(config_strv_freep) char **by_domain = NULL;
+        if (r >= 0 && config_get_list(c, "Queue", "SourceBySenderDomain", &by_domain) >= 0)
+                for (char **e = by_domain; *e; e++) {
+                        const char *eq = strchr(*e, '=');
+                        ConfigAddress a;
+                        if (!eq || eq == *e || config_parse_address(eq + 1, &a) < 0 || a.prefixlen != (a.family == AF_INET ? 32U : 128U)) {
+                                snprintf(err, sizeof err, "invalid SourceBySenderDomain= entry \"%s\" (domain=address)", *e);
+                                r = -EINVAL;
+                                break;
+                        }
+                }
         if (r < 0) {
                 const char *file = path;
                 unsigned line = 0;
-                (void) config_get_location(c, "Queue", strstr(err, "RetrySchedule") ? "RetrySchedule" : strstr(err, "TLS=") ? "TLS" : strstr(err, "Relayhost") ? "Relayhost" : "Routes", &file, &line);
+                (void) config_get_location(c, "Queue", strstr(err, "RetrySchedule") ? "RetrySchedule" : strstr(err, "SourceBySenderDomain") ? "SourceBySenderDomain" : strstr(err, "TLS=") ? "TLS" : strstr(err, "Relayhost") ? "Relayhost" : "Routes", &file, &line);
                 fprintf(stderr, "%s:%u: error: %s\n", file, line, err);
         }
         return r;
@@ -130,6 +143,30 @@ static void apply_delivery_config(Manager *m, Config *c) {
         m->max_deliveries = config_get_uint(c, "Queue", "MaxConnections", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 10000U) : 100;
         m->max_per_destination = config_get_uint(c, "Queue", "MaxConnectionsPerDestination", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 1000U) : 10;
         m->max_rcpts_per_transaction = config_get_uint(c, "Queue", "MaxRecipientsPerTransaction", &v) >= 0 && v > 0 ? (size_t) MIN(v, (uint64_t) SMTP_RCPTS_MAX) : 100;
+        free(m->source_pool);
+        m->source_pool = NULL;
+        m->n_source_pool = 0;
+        (void) config_get_addresses(c, "Queue", "SourceAddresses", &m->source_pool, &m->n_source_pool);
+        free(m->source_by_domain);
+        config_strv_free(m->source_domains);
+        m->source_by_domain = NULL;
+        m->source_domains = NULL;
+        m->n_source_by_domain = 0;
+        _cleanup_(config_strv_freep) char **by_domain = NULL;
+        if (config_get_list(c, "Queue", "SourceBySenderDomain", &by_domain) >= 0) {
+                size_t n = 0;
+                while (by_domain[n])
+                        n++;
+                m->source_by_domain = calloc(n ? n : 1, sizeof *m->source_by_domain);
+                m->source_domains = calloc(n + 1, sizeof *m->source_domains);
+                for (size_t i = 0; m->source_by_domain && m->source_domains && i < n; i++) {
+                        char *eq = strchr(by_domain[i], '=');
+                        *eq = 0;
+                        (void) config_parse_address(eq + 1, &m->source_by_domain[i]);
+                        m->source_domains[i] = strdup(by_domain[i]);
+                        m->n_source_by_domain = i + 1;
+                }
+        }
         memset(&m->mx_config, 0, sizeof m->mx_config);
         if (config_get_bool(c, "Queue", "IPv4", &b) >= 0)
                 m->mx_config.disable_ipv4 = !b;
@@ -214,6 +251,9 @@ static void manager_free(Manager *m) {
         free(m->relayhost);
         free(m->retry_sec);
         config_strv_free(m->routes);
+        free(m->source_pool);
+        free(m->source_by_domain);
+        config_strv_free(m->source_domains);
         for (unsigned i = 0; i < m->n_monitors; i++)
                 varlink_unref(m->monitors[i]);
         free(m->monitors);

@@ -53,6 +53,87 @@ typedef struct Delivery {
         struct Delivery *next; /* in m->deliveries */
 } Delivery;
 
+/* A connection kept after its transaction, for the next one to the same
+ * next hop (RFC 5321 allows many transactions per session). */
+typedef struct IdleConn {
+        Manager *m;
+        SmtpClient *client;
+        char *host;
+        struct sockaddr_storage sa;
+        socklen_t salen;
+        bool lmtp;
+        sd_event_source *timer;
+        struct IdleConn *next;
+} IdleConn;
+
+#define IDLE_CONN_USEC (5ULL * 1000000ULL)
+#define IDLE_CONN_MAX 100U
+
+static void idle_conn_free(IdleConn *ic) {
+        if (!ic)
+                return;
+        Manager *m = ic->m;
+        for (IdleConn **p = (IdleConn **) &m->idle; *p; p = &(*p)->next)
+                if (*p == ic) {
+                        *p = ic->next;
+                        m->n_idle--;
+                        break;
+                }
+        sd_event_source_disable_unref(ic->timer);
+        smtp_client_free(ic->client);
+        free(ic->host);
+        free(ic);
+}
+
+static void idle_event(SmtpClient *c, SmtpClientEvent ev, void *userdata) {
+        /* Only CLOSED can happen to an idle session: the peer hung up. */
+        idle_conn_free(userdata);
+}
+
+static int idle_expired(sd_event_source *s, uint64_t usec, void *userdata) {
+        IdleConn *ic = userdata;
+        /* QUIT, then the CLOSED event frees it. */
+        if (smtp_client_quit(ic->client) < 0)
+                idle_conn_free(ic);
+        return 0;
+}
+
+static void idle_park(Manager *m, SmtpClient *c, const char *host, const struct sockaddr_storage *sa, socklen_t salen,
+                      bool lmtp) {
+        IdleConn *ic = m->n_idle < IDLE_CONN_MAX ? calloc(1, sizeof *ic) : NULL;
+        if (!ic || !(ic->host = strdup(host)) ||
+            sd_event_add_time_relative(m->event, &ic->timer, CLOCK_MONOTONIC, IDLE_CONN_USEC, 0, idle_expired, ic) < 0) {
+                if (ic)
+                        free(ic->host);
+                free(ic);
+                (void) smtp_client_quit(c);
+                smtp_client_free(c);
+                return;
+        }
+        ic->m = m;
+        ic->client = c;
+        ic->sa = *sa;
+        ic->salen = salen;
+        ic->lmtp = lmtp;
+        ic->next = m->idle;
+        m->idle = ic;
+        m->n_idle++;
+        smtp_client_set_event_handler(c, idle_event, ic);
+}
+
+/* Takes an idle session to this next hop, or NULL. */
+static SmtpClient *idle_take(Manager *m, const char *host, const struct sockaddr_storage *sa, socklen_t salen, bool lmtp) {
+        for (IdleConn *ic = m->idle; ic; ic = ic->next) {
+                if (ic->lmtp != lmtp || ic->salen != salen || memcmp(&ic->sa, sa, salen) != 0 || strcmp(ic->host, host) != 0 ||
+                    !smtp_client_usable(ic->client))
+                        continue;
+                SmtpClient *c = TAKE_PTR(ic->client);
+                idle_conn_free(ic);
+                return c;
+        }
+        return NULL;
+}
+
 static const char *address_domain(const char *a) {
         const char *at = strrchr(a, '@');
         return at ? at + 1 : "";
@@ -536,8 +617,12 @@ static void on_smtp_event(SmtpClient *c, SmtpClientEvent ev, void *userdata) {
                                 queue_event(d->m, EVENT_DEFERRED, d->msg, d->rcpts[i], text);
                         }
                 }
-                (void) smtp_client_quit(c);
-                d->n = 0; /* results recorded: CLOSED only tidies up */
+                d->n = 0; /* results recorded */
+                if (smtp_client_usable(c)) {
+                        idle_park(d->m, TAKE_PTR(d->client), t->host, &t->sa, t->salen, d->lmtp);
+                        delivery_done(d);
+                } else
+                        (void) smtp_client_quit(c); /* CLOSED follows and tidies up */
                 return;
         }
 
@@ -560,6 +645,48 @@ static void on_smtp_event(SmtpClient *c, SmtpClientEvent ev, void *userdata) {
         delivery_try_next(d);
 }
 
+/* The local address for a connection: the sender domain's own, else one of
+ * the pool picked by hashing the queue id (stable across retries), in the
+ * target's family. False: let the kernel choose. */
+static bool pick_source(Manager *m, Message *msg, int family, struct sockaddr_storage *ret, socklen_t *ret_len) {
+        const char *domain = address_domain(json_object_get_string(json_object_object_get(msg->envelope, "sender")));
+        const ConfigAddress *pick = NULL;
+        size_t n = 0;
+
+        for (size_t i = 0; i < m->n_source_by_domain; i++)
+                if (strcasecmp(m->source_domains[i], domain) == 0 &&
+                    m->source_by_domain[i].family == family)
+                        pick = &m->source_by_domain[i];
+        if (!pick) {
+                for (size_t i = 0; i < m->n_source_pool; i++)
+                        n += m->source_pool[i].family == family;
+                if (n == 0)
+                        return false;
+                uint32_t h = 2166136261u; /* FNV-1a */
+                for (const char *p = msg->id; *p; p++)
+                        h = (h ^ (uint8_t) *p) * 16777619u;
+                size_t k = h % n;
+                for (size_t i = 0; i < m->n_source_pool; i++)
+                        if (m->source_pool[i].family == family && k-- == 0)
+                                pick = &m->source_pool[i];
+        }
+        if (!pick)
+                return false;
+        memset(ret, 0, sizeof *ret);
+        if (family == AF_INET) {
+                struct sockaddr_in *s = (struct sockaddr_in *) ret;
+                s->sin_family = AF_INET;
+                memcpy(&s->sin_addr, pick->addr, 4);
+                *ret_len = sizeof *s;
+        } else {
+                struct sockaddr_in6 *s = (struct sockaddr_in6 *) ret;
+                s->sin6_family = AF_INET6;
+                memcpy(&s->sin6_addr, pick->addr, 16);
+                *ret_len = sizeof *s;
+        }
+        return true;
+}
+
 static void delivery_try_next(Delivery *d) {
         Manager *m = d->m;
 
@@ -579,8 +706,22 @@ static void delivery_try_next(Delivery *d) {
                 .on_event = on_smtp_event,
                 .userdata = d,
         };
-        int r = smtp_client_connect(m->event, (struct sockaddr *) &t->sa, t->salen, &o, &d->client);
-        if (r < 0) {
+        struct sockaddr_storage src;
+        socklen_t srclen = 0;
+        int r = 0;
+        if (pick_source(m, d->msg, t->sa.ss_family, &src, &srclen)) {
+                o.source = (const struct sockaddr *) &src;
+                o.source_len = srclen;
+        }
+        bool reused = false;
+        d->client = srclen == 0 ? idle_take(m, t->host, &t->sa, t->salen, d->lmtp) : NULL;
+        if (d->client) {
+                smtp_client_set_event_handler(d->client, on_smtp_event, d);
+                reused = true;
+        } else
+        connect:
+                r = smtp_client_connect(m->event, (struct sockaddr *) &t->sa, t->salen, &o, &d->client);
+        if (!d->client && r < 0) {
                 snprintf(d->last_error, sizeof d->last_error, "%s: connect: %s", t->host, strerror(-r));
                 d->cur++;
                 delivery_try_next(d);
@@ -598,6 +739,12 @@ static void delivery_try_next(Delivery *d) {
                 .smtputf8 = json_object_get_boolean(json_object_object_get(d->msg->envelope, "smtputf8")),
         };
         r = smtp_client_send(d->client, &sm);
+        if (r < 0 && reused) {
+                /* The kept session went away meanwhile: a fresh one. */
+                d->client = smtp_client_free(d->client);
+                reused = false;
+                goto connect;
+        }
         if (r < 0) {
                 snprintf(d->last_error, sizeof d->last_error, "%s: %s", t->host, strerror(-r));
                 d->client = smtp_client_free(d->client);
@@ -859,6 +1006,8 @@ void deliver_stop(Manager *m) {
                 delivery_free(d);
         }
         m->n_deliveries = 0;
+        while (m->idle)
+                idle_conn_free(m->idle);
         m->scheduler = sd_event_source_disable_unref(m->scheduler);
         m->kick = sd_event_source_disable_unref(m->kick);
         for (size_t i = 0; i < m->n_dest; i++)

@@ -1602,19 +1602,32 @@ static int io_handler(sd_event_source *s, int fd, uint32_t revents, void *userda
 
 /* ---- public API */
 
-int smtp_connect_nonblock(const struct sockaddr *sa, socklen_t salen, int *ret_fd) {
+static int connect_nonblock(const struct sockaddr *sa, socklen_t salen, const struct sockaddr *src, socklen_t srclen,
+                            int *ret_fd) {
         _cleanup_close_ int fd = -1;
 
-        if (!sa || !ret_fd)
+        if (!sa || !ret_fd || (src && src->sa_family != sa->sa_family))
                 return -EINVAL;
         fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
         if (fd < 0)
                 return negative_errno();
         (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int) { 1 }, sizeof(int));
+        /* The operator's choice of source address (IP reputation pools). */
+        if (src && bind(fd, src, srclen) < 0)
+                return negative_errno();
         if (connect(fd, sa, salen) < 0 && errno != EINPROGRESS)
                 return negative_errno();
         *ret_fd = TAKE_FD(fd);
         return 0;
+}
+
+int smtp_connect_nonblock(const struct sockaddr *sa, socklen_t salen, int *ret_fd) {
+        return connect_nonblock(sa, salen, NULL, 0, ret_fd);
+}
+
+void smtp_client_set_event_handler(SmtpClient *c, SmtpClientEventFn fn, void *userdata) {
+        c->on_event = fn;
+        c->userdata = userdata;
 }
 
 static int client_alloc(sd_event *e, const SmtpClientOptions *o, SmtpClient **ret) {
@@ -1726,7 +1739,7 @@ int smtp_client_connect(sd_event *e, const struct sockaddr *sa, socklen_t salen,
         r = client_alloc(e, &opts, &c);
         if (r < 0)
                 return r;
-        r = smtp_connect_nonblock(sa, salen, &fd);
+        r = connect_nonblock(sa, salen, o->source, o->source_len, &fd);
         if (r < 0)
                 session_fail(c, false, SMTP_STATUS_TEMPFAIL, SMTP_STAGE_CONNECT, 0, "4.4.1", "connect to %s: %s",
                              c->peer_name, strerror(-r));

@@ -167,6 +167,9 @@ typedef struct SmtpClientOptions {
         SmtpTimeouts timeouts;
         SmtpClientEventFn on_event;
         void *userdata;
+        /* smtp_client_connect(): bind to this local address first; NULL: any. */
+        const struct sockaddr *source;
+        socklen_t source_len;
 } SmtpClientOptions;
 
 typedef struct SmtpMessage {
@@ -199,6 +202,9 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(SmtpClient *, smtp_client_free);
  * bad sender, no recipients or more than SMTP_RCPTS_MAX. A recipient with a
  * bad syntax fails permanently on its own (stage LOCAL) and is not sent. */
 int smtp_client_send(SmtpClient *c, const SmtpMessage *m);
+/* Hands the session's events to another handler (a connection kept for the
+ * next transaction to the same destination changes owner). */
+void smtp_client_set_event_handler(SmtpClient *c, SmtpClientEventFn fn, void *userdata);
 /* Sends QUIT when idle (else just closes); CLOSED follows. */
 int smtp_client_quit(SmtpClient *c);
 

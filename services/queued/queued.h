@@ -91,6 +91,13 @@ typedef struct Manager {
         unsigned *dest_active;
         size_t n_dest;
         sd_event_source *scheduler, *kick;
+        struct IdleConn *idle;      /* sessions kept for the next transaction */
+        unsigned n_idle;
+        ConfigAddress *source_pool; /* SourceAddresses= */
+        size_t n_source_pool;
+        ConfigAddress *source_by_domain; /* SourceBySenderDomain=, with source_domains[] */
+        char **source_domains;
+        size_t n_source_by_domain;
 } Manager;
 
 extern const ConfigKey queued_config_keys[];

@@ -57,7 +57,7 @@ class Sink:
             async def handle_DATA(self, server, session, envelope):
                 with outer.lock:
                     outer.messages.append({"from": envelope.mail_from, "rcpts": list(envelope.rcpt_tos),
-                                           "content": envelope.original_content})
+                                           "content": envelope.original_content, "peer": session.peer})
                 if lmtp:
                     return "\r\n".join("250 2.0.0 <%s> delivered" % r for r in envelope.rcpt_tos)
                 return "250 2.0.0 Ok: queued"
@@ -260,6 +260,28 @@ class DeliveryTest(unittest.TestCase):
         text = [d for d in self.sink.dsns() if "ENV-DELAY" in d.as_string()][1].as_string()
         self.assertIn("Action: failed", text)
         self.assertIn("cancelled by the administrator", text)
+        self.wait_empty(q)
+
+    def test_connection_reuse(self):
+        q = self.start_queued("MaxConnectionsPerDestination=1\n")
+        with q.conn() as c:
+            for i in range(4):
+                enqueue(c, message("reuse-%d" % i), rcpts=("r%d@deliver.halyard.test" % i,))
+        self.wait_for(q, lambda: all(self.sink.find(b"Subject: reuse-%d" % i) for i in range(4)), 20, "all four")
+        peers = [self.sink.find(b"Subject: reuse-%d" % i)[0]["peer"] for i in range(4)]
+        # Later messages rode on a session kept from an earlier one.
+        self.assertLess(len(set(peers)), 4, peers)
+        self.wait_empty(q)
+
+    def test_source_address_selection(self):
+        q = self.start_queued("SourceAddresses=127.0.0.4\nSourceBySenderDomain=src.halyard.test=127.0.0.3\n")
+        with q.conn() as c:
+            enqueue(c, message("src-domain"), sender="a@src.halyard.test", rcpts=("s1@deliver.halyard.test",))
+            enqueue(c, message("src-pool"), rcpts=("s2@deliver.halyard.test",))
+        self.wait_for(q, lambda: self.sink.find(b"Subject: src-domain") and self.sink.find(b"Subject: src-pool"), 20,
+                      "both messages")
+        self.assertEqual(self.sink.find(b"Subject: src-domain")[0]["peer"][0], "127.0.0.3")
+        self.assertEqual(self.sink.find(b"Subject: src-pool")[0]["peer"][0], "127.0.0.4")
         self.wait_empty(q)
 
     def test_lmtp_route(self):
