@@ -18,7 +18,7 @@ import unittest
 
 import harness
 from harness import SOURCE_ROOT, halyardctl, wait_until
-from smtp_peers import free_port
+from smtp_peers import PostfixInstance, free_port
 from test_queued import Queued, enqueue as enqueue_as
 
 
@@ -33,7 +33,7 @@ class Sink:
     local part starts with "temp" gets 451 while `tempfail` is set, "perm"
     gets 550."""
 
-    def __init__(self, lmtp=False):
+    def __init__(self, lmtp=False, smtputf8=True):
         from aiosmtpd.controller import Controller
         from aiosmtpd.lmtp import LMTP
         from aiosmtpd.smtp import SMTP
@@ -64,7 +64,7 @@ class Sink:
 
         class Ctl(Controller):
             def factory(self):
-                return (LMTP if lmtp else SMTP)(self.handler, decode_data=False, enable_SMTPUTF8=True,
+                return (LMTP if lmtp else SMTP)(self.handler, decode_data=False, enable_SMTPUTF8=smtputf8,
                                                 ident="halyard-test-sink")
 
         self.controller = Ctl(Handler(), hostname="127.0.0.1", port=self.port)
@@ -282,6 +282,33 @@ class DeliveryTest(unittest.TestCase):
                       "both messages")
         self.assertEqual(self.sink.find(b"Subject: src-domain")[0]["peer"][0], "127.0.0.3")
         self.assertEqual(self.sink.find(b"Subject: src-pool")[0]["peer"][0], "127.0.0.4")
+        self.wait_empty(q)
+
+    def test_starttls_to_postfix(self):
+        """A real Postfix smtpd with STARTTLS as the next hop: the session is
+        encrypted (TLS facts in the log) and the mail goes through it."""
+        postfix = PostfixInstance(relay_port=self.sink.port, domain="tls.test")
+        self.addCleanup(postfix.stop)
+        q = self.start_queued("Routes=tls.test=smtp:[127.0.0.1]:%d lmtp.test=lmtp:[127.0.0.1]:%d\n"
+                              % (postfix.port, self.lmtp.port))
+        with q.conn() as c:
+            qid = enqueue(c, message("via-postfix"), rcpts=("user@tls.test",))["parameters"]["queueId"]
+        self.wait_for(q, lambda: self.sink.find(b"Subject: via-postfix"), 30, "the message through Postfix")
+        self.wait_empty(q)
+        self.assertRegex(q.log(), qid + r": to=<user@tls.test>, relay=127.0.0.1\[127.0.0.1\]:\d+, delay=\d+s, tls=TLS1\.[23]")
+
+    def test_smtputf8_needed_but_not_offered(self):
+        plain = Sink(smtputf8=False)
+        self.addCleanup(plain.stop)
+        q = self.start_queued("Routes=old.test=smtp:[127.0.0.1]:%d lmtp.test=lmtp:[127.0.0.1]:%d\n" % (plain.port, self.lmtp.port))
+        with q.conn() as c:
+            enqueue(c, "Subject: =?utf-8?q?x?=\r\nFrom: j\u00fcrgen@deliver.halyard.test\r\n\r\nhi\r\n".encode(),
+                    rcpts=("user@old.test",), smtputf8=True, envid="ENV-UTF8")
+        self.wait_for(q, lambda: [d for d in self.sink.dsns() if "ENV-UTF8" in d.as_string()], 20, "the SMTPUTF8 DSN")
+        text = [d for d in self.sink.dsns() if "ENV-UTF8" in d.as_string()][0].as_string()
+        self.assertIn("Status: 5.6.7", text)
+        self.assertIn("SMTPUTF8", text)
+        self.assertEqual(plain.messages, [])
         self.wait_empty(q)
 
     def test_lmtp_route(self):
