@@ -687,6 +687,28 @@ static bool pick_source(Manager *m, Message *msg, int family, struct sockaddr_st
         return true;
 }
 
+/* A session to t: a kept one (when allowed and there is one) or a new
+ * connection, from the configured source address. */
+static int delivery_open(Delivery *d, Target *t, SmtpClientOptions *o, bool allow_reuse, bool *ret_reused) {
+        struct sockaddr_storage src;
+        socklen_t srclen = 0;
+
+        if (pick_source(d->m, d->msg, t->sa.ss_family, &src, &srclen)) {
+                o->source = (const struct sockaddr *) &src;
+                o->source_len = srclen;
+        }
+        /* Kept sessions are not keyed by source address: only reused without one. */
+        if (allow_reuse && srclen == 0 && (d->client = idle_take(d->m, t->host, &t->sa, t->salen, d->lmtp))) {
+                smtp_client_set_event_handler(d->client, on_smtp_event, d);
+                *ret_reused = true;
+                return 0;
+        }
+        *ret_reused = false;
+        int r = smtp_client_connect(d->m->event, (struct sockaddr *) &t->sa, t->salen, o, &d->client);
+        o->source = NULL;
+        return r;
+}
+
 static void delivery_try_next(Delivery *d) {
         Manager *m = d->m;
 
@@ -706,22 +728,9 @@ static void delivery_try_next(Delivery *d) {
                 .on_event = on_smtp_event,
                 .userdata = d,
         };
-        struct sockaddr_storage src;
-        socklen_t srclen = 0;
-        int r = 0;
-        if (pick_source(m, d->msg, t->sa.ss_family, &src, &srclen)) {
-                o.source = (const struct sockaddr *) &src;
-                o.source_len = srclen;
-        }
         bool reused = false;
-        d->client = srclen == 0 ? idle_take(m, t->host, &t->sa, t->salen, d->lmtp) : NULL;
-        if (d->client) {
-                smtp_client_set_event_handler(d->client, on_smtp_event, d);
-                reused = true;
-        } else
-        connect:
-                r = smtp_client_connect(m->event, (struct sockaddr *) &t->sa, t->salen, &o, &d->client);
-        if (!d->client && r < 0) {
+        int r = delivery_open(d, t, &o, true, &reused);
+        if (r < 0) {
                 snprintf(d->last_error, sizeof d->last_error, "%s: connect: %s", t->host, strerror(-r));
                 d->cur++;
                 delivery_try_next(d);
@@ -742,8 +751,9 @@ static void delivery_try_next(Delivery *d) {
         if (r < 0 && reused) {
                 /* The kept session went away meanwhile: a fresh one. */
                 d->client = smtp_client_free(d->client);
-                reused = false;
-                goto connect;
+                r = delivery_open(d, t, &o, false, &reused);
+                if (r >= 0)
+                        r = smtp_client_send(d->client, &sm);
         }
         if (r < 0) {
                 snprintf(d->last_error, sizeof d->last_error, "%s: %s", t->host, strerror(-r));
