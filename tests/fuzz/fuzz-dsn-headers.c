@@ -19,7 +19,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "../../services/queued/queued-bounce.c"
+#include "macro.h"
+#include "queued-bounce.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
