@@ -458,8 +458,17 @@ static void message_settle(Manager *m, Message *msg) {
         if (failed > 0)
                 send_dsn(m, msg, BOUNCE_ACTION_FAILED);
         if (pending == 0) {
-                (void) spool_remove(m->spool, msg->id);
+                (void) spool_remove_async(m->spool, msg->id);
                 queue_remove(m, msg);
+                return;
+        }
+        if (msg->waiting) {
+                /* Part of it never went out because its destination was at
+                 * its connection limit: that costs no attempt and no backoff. */
+                msg->waiting = false;
+                msg->next_attempt = 0;
+                if (msg->state == MESSAGE_DEFERRED)
+                        queue_set_state(m, msg, MESSAGE_ACTIVE);
                 return;
         }
         unsigned attempts = (unsigned) json_object_get_int(json_object_object_get(msg->envelope, "attempts")) + 1;
@@ -893,8 +902,10 @@ static void message_deliver(Manager *m, Message *msg) {
                         continue;
                 const char *domain = address_domain(json_object_get_string(json_object_object_get(rc, "address")));
                 unsigned *active = dest_slot(m, domain, true);
-                if (active && *active >= m->max_per_destination)
-                        continue; /* this domain waits for the next round */
+                if (active && *active >= m->max_per_destination) {
+                        msg->waiting = true; /* not an attempt: the next round takes it */
+                        continue;
+                }
                 size_t *idx = calloc(MIN(n, m->max_rcpts_per_transaction), sizeof *idx), k = 0;
                 if (!idx)
                         break;

@@ -132,6 +132,8 @@ struct Spool {
         pthread_cond_t cond;
         SpoolJobList pending;   /* loop -> worker */
         SpoolJobList completed; /* worker -> loop */
+        char (*removals)[SPOOL_ID_MAX]; /* loop -> worker: ids to unlink */
+        size_t n_removals, cap_removals;
         bool stopping;
         SpoolSyncMode sync_mode;
         uint64_t committed, syncs, batches;
@@ -450,18 +452,30 @@ static void *spool_worker(void *userdata) {
         for (;;) {
                 SpoolJob *batch;
 
+                char (*removals)[SPOOL_ID_MAX];
+                size_t n_removals;
+
                 pthread_mutex_lock(&s->lock);
-                while (!s->pending.head && !s->stopping)
+                while (!s->pending.head && s->n_removals == 0 && !s->stopping)
                         pthread_cond_wait(&s->cond, &s->lock);
                 if (s->stopping) {
-                        /* Jobs not started stay in pending; spool_free() cancels them. */
+                        /* Jobs not started stay in pending; spool_free() cancels them
+                         * and does the removals left. */
                         pthread_mutex_unlock(&s->lock);
                         break;
                 }
                 batch = job_list_take(&s->pending);
+                removals = TAKE_PTR(s->removals);
+                n_removals = s->n_removals;
+                s->n_removals = s->cap_removals = 0;
                 pthread_mutex_unlock(&s->lock);
 
-                batch_process(s, batch);
+                if (batch)
+                        batch_process(s, batch);
+                /* After the commits, which callers wait for. */
+                for (size_t i = 0; i < n_removals; i++)
+                        (void) spool_remove(s, removals[i]);
+                free(removals);
         }
         return NULL;
 }
@@ -609,6 +623,9 @@ Spool *spool_free(Spool *s) {
         pending = job_list_take(&s->pending);
         dispatch_list(s, completed, 0);
         dispatch_list(s, pending, -ECANCELED);
+        for (size_t i = 0; i < s->n_removals; i++)
+                (void) spool_remove(s, s->removals[i]);
+        free(s->removals);
 
         s->event_source = sd_event_source_disable_unref(s->event_source);
         s->event = sd_event_unref(s->event);
@@ -1120,6 +1137,27 @@ int spool_remove(Spool *s, const char *id) {
                         return negative_errno();
         }
         return found ? 0 : -ENOENT;
+}
+
+int spool_remove_async(Spool *s, const char *id) {
+        if (!s || !id || !spool_id_valid(id))
+                return -EINVAL;
+        pthread_mutex_lock(&s->lock);
+        if (s->n_removals == s->cap_removals) {
+                size_t n = s->cap_removals ? s->cap_removals * 2 : 64;
+                char (*r)[SPOOL_ID_MAX] = realloc(s->removals, n * sizeof *r);
+                if (!r) {
+                        pthread_mutex_unlock(&s->lock);
+                        /* Do it here then, rather than not at all. */
+                        return spool_remove(s, id);
+                }
+                s->removals = r;
+                s->cap_removals = n;
+        }
+        strcpy(s->removals[s->n_removals++], id);
+        pthread_cond_signal(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+        return 0;
 }
 
 int spool_open_content(Spool *s, const char *id) {

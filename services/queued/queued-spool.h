@@ -83,6 +83,10 @@ int spool_update_envelope(Spool *s, const char *id, json_object *envelope);
 /* Removes a delivered or bounced message (not synced: a crash may bring it
  * back, a repeated delivery). -ENOENT if there is no such message. */
 int spool_remove(Spool *s, const char *id);
+/* The same, done by the worker thread after its next commit batch, so that
+ * the event loop never waits on unlink (which can block on discards). Not
+ * synced either; spool_free() does what is left. */
+int spool_remove_async(Spool *s, const char *id);
 /* A read-only fd of the message content (caller closes). */
 int spool_open_content(Spool *s, const char *id);
 

@@ -32,6 +32,7 @@ typedef struct Message {
         uint64_t arrival;      /* unix seconds */
         uint64_t next_attempt; /* unix seconds; 0 = now */
         unsigned in_flight;    /* delivery attempts running for it */
+        bool waiting;          /* a domain was skipped: its destination was busy */
 } Message;
 
 typedef enum QueueEvent {

@@ -273,6 +273,16 @@ class DeliveryTest(unittest.TestCase):
         self.assertLess(len(set(peers)), 4, peers)
         self.wait_empty(q)
 
+    def test_busy_destination_is_not_an_attempt(self):
+        """Messages held back by MaxConnectionsPerDestination wait their
+        turn; they are not deferred on the retry schedule (1h here)."""
+        q = self.start_queued("MaxConnectionsPerDestination=1\nRetrySchedule=1h\n")
+        with q.conn() as c:
+            for i in range(6):
+                enqueue(c, message("busy-%d" % i), rcpts=("b%d@deliver.halyard.test" % i,))
+        self.wait_for(q, lambda: all(self.sink.find(b"Subject: busy-%d" % i) for i in range(6)), 20, "all six")
+        self.wait_empty(q)
+
     def test_source_address_selection(self):
         q = self.start_queued("SourceAddresses=127.0.0.4\nSourceBySenderDomain=src.halyard.test=127.0.0.3\n")
         with q.conn() as c:
