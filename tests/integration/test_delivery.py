@@ -33,12 +33,12 @@ class Sink:
     local part starts with "temp" gets 451 while `tempfail` is set, "perm"
     gets 550."""
 
-    def __init__(self, lmtp=False, smtputf8=True):
+    def __init__(self, lmtp=False, smtputf8=True, host="127.0.0.1", port=None):
         from aiosmtpd.controller import Controller
         from aiosmtpd.lmtp import LMTP
         from aiosmtpd.smtp import SMTP
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.messages = []
         self.tempfail = True
         self.lock = threading.Lock()
@@ -67,7 +67,7 @@ class Sink:
                 return (LMTP if lmtp else SMTP)(self.handler, decode_data=False, enable_SMTPUTF8=smtputf8,
                                                 ident="halyard-test-sink")
 
-        self.controller = Ctl(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller = Ctl(Handler(), hostname=host, port=self.port)
         self.controller.start()
 
     def stop(self):
@@ -272,6 +272,18 @@ class DeliveryTest(unittest.TestCase):
         # Later messages rode on a session kept from an earlier one.
         self.assertLess(len(set(peers)), 4, peers)
         self.wait_empty(q)
+
+    def test_ipv6_mx(self):
+        """An MX with only an AAAA record, reached over IPv6 (::1)."""
+        v6 = Sink(host="::1", port=self.sink.port)
+        self.addCleanup(v6.stop)
+        q = self.start_queued()
+        with q.conn() as c:
+            qid = enqueue(c, message("over-v6"), rcpts=("u@v6deliver.halyard.test",))["parameters"]["queueId"]
+        self.wait_for(q, lambda: v6.find(b"Subject: over-v6"), 20, "the message over IPv6")
+        self.assertEqual(v6.find(b"Subject: over-v6")[0]["peer"][0], "::1")
+        self.wait_empty(q)
+        self.assertIn(qid + ": to=<u@v6deliver.halyard.test>, relay=mx.v6deliver.halyard.test[::1]", q.log())
 
     def test_busy_destination_is_not_an_attempt(self):
         """Messages held back by MaxConnectionsPerDestination wait their
