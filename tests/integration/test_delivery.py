@@ -8,9 +8,7 @@ with every acknowledged message arriving."""
 
 import email
 import email.policy
-import os
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -19,7 +17,7 @@ import unittest
 import harness
 from harness import SOURCE_ROOT, halyardctl, wait_until
 from smtp_peers import PostfixInstance, free_port
-from test_queued import Queued, enqueue as enqueue_as
+from test_queued import Queued, enqueue as enqueue_as, kill9_rounds
 
 
 def enqueue(conn, data, sender="alice@deliver.halyard.test", **kw):
@@ -356,35 +354,8 @@ class CrashDeliveryTest(unittest.TestCase):
         config = ("[Queue]\nHostName=queued.test\nRetrySchedule=1s\nSmtpTimeout=10s\n"
                   "Routes=crash.test=smtp:[127.0.0.1]:%d\n" % sink.port)
         q = Queued(tmp, config=config)
-        acked = {}
-        lock = threading.Lock()
-        rng = random.Random(7)
-        for rnd in range(8):
-            q.start()
-            stop = threading.Event()
-
-            def client(n):
-                try:
-                    with q.conn() as c:
-                        i = 0
-                        while not stop.is_set():
-                            tag = "crash-%d-%d-%d" % (rnd, n, i)
-                            r = enqueue(c, ("Subject: %s\r\n\r\nx\r\n" % tag).encode(), rcpts=("u@crash.test",))
-                            if "error" not in r:
-                                with lock:
-                                    acked[r["parameters"]["queueId"]] = tag
-                            i += 1
-                except (OSError, EOFError, ValueError, ConnectionError, TimeoutError):
-                    pass
-
-            threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
-            for t in threads:
-                t.start()
-            time.sleep(rng.uniform(0.1, 0.5))
-            q.kill()
-            stop.set()
-            for t in threads:
-                t.join(10)
+        acked = kill9_rounds(q, 8, 4, random.Random(7),
+                             lambda tag: (("Subject: %s\r\n\r\nx\r\n" % tag).encode(), tag), pause=(0.1, 0.5))
         q.start()
 
         def all_arrived():

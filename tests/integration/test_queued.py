@@ -7,9 +7,7 @@ Monitor events, GetStatus, halyardctl queue verbs, and bad input."""
 import os
 import random
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
@@ -253,6 +251,43 @@ class QueueTest(unittest.TestCase):
         self.assertIn("quarantine", self.q.log())
 
 
+def kill9_rounds(q, rounds, clients, rng, make_message, pause=(0.05, 0.4)):
+    """Runs queued q for `rounds` rounds, each with `clients` threads
+    enqueueing as fast as they can, and kill -9s it at a random moment.
+    make_message(tag) -> (content bytes, value to remember). Returns
+    {queueId: value} of every message whose Enqueue was answered."""
+    acked = {}
+    lock = threading.Lock()
+    for rnd in range(rounds):
+        q.start()
+        stop = threading.Event()
+
+        def client(n):
+            try:
+                with q.conn() as c:
+                    i = 0
+                    while not stop.is_set():
+                        tag = "crash-%d-%d-%d" % (rnd, n, i)
+                        body, value = make_message(tag)
+                        r = enqueue(c, body, rcpts=("u@crash.test",))
+                        if "error" not in r:
+                            with lock:
+                                acked[r["parameters"]["queueId"]] = value if value is not None else body
+                        i += 1
+            except (OSError, EOFError, ValueError, ConnectionError, TimeoutError):
+                pass  # the server died under us: expected
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+        for t in threads:
+            t.start()
+        time.sleep(rng.uniform(*pause))
+        q.kill()
+        stop.set()
+        for t in threads:
+            t.join(10)
+    return acked
+
+
 class CrashTest(unittest.TestCase):
     """kill -9 at random moments under concurrent load: every message whose
     Enqueue was answered is there after the restart, intact."""
@@ -264,38 +299,9 @@ class CrashTest(unittest.TestCase):
         tmp = harness.TempDir()
         self.addCleanup(tmp.cleanup)
         q = Queued(tmp)
-        acked = {}
-        lock = threading.Lock()
-        rng = random.Random(4242)
-        total_rounds = 0
-        for rnd in range(self.ROUNDS):
-            q.start()
-            stop = threading.Event()
-
-            def client(n):
-                try:
-                    with q.conn() as c:
-                        i = 0
-                        while not stop.is_set():
-                            body = ("From: x@example.org\r\nSubject: %d-%d-%d\r\n\r\n" % (rnd, n, i)).encode() + os.urandom(64).hex().encode()
-                            r = enqueue(c, body)
-                            if "error" in r:
-                                continue
-                            with lock:
-                                acked[r["parameters"]["queueId"]] = body
-                            i += 1
-                except (OSError, EOFError, ValueError, ConnectionError, TimeoutError):
-                    pass  # the server died under us: expected
-
-            threads = [threading.Thread(target=client, args=(n,)) for n in range(self.CLIENTS)]
-            for t in threads:
-                t.start()
-            time.sleep(rng.uniform(0.05, 0.4))
-            q.kill()
-            stop.set()
-            for t in threads:
-                t.join(10)
-            total_rounds += 1
+        acked = kill9_rounds(q, self.ROUNDS, self.CLIENTS, random.Random(4242), lambda tag: (
+            ("From: x@example.org\r\nSubject: %s\r\n\r\n" % tag).encode() + os.urandom(64).hex().encode(), None))
+        total_rounds = self.ROUNDS
 
         q.start()
         with q.conn() as c:
