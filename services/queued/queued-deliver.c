@@ -166,6 +166,22 @@ static unsigned *dest_slot(Manager *m, const char *domain, bool create) {
         return &m->dest_active[m->n_dest++];
 }
 
+/* One delivery to domain ended; a destination with none left is forgotten,
+ * so the table holds only the busy ones. */
+static void dest_release(Manager *m, const char *domain) {
+        unsigned *active = dest_slot(m, domain, false);
+        if (!active)
+                return;
+        if (*active > 0)
+                (*active)--;
+        if (*active == 0) {
+                size_t i = (size_t) (active - m->dest_active);
+                free(m->dest_names[i]);
+                m->dest_names[i] = m->dest_names[--m->n_dest];
+                m->dest_active[i] = m->dest_active[m->n_dest];
+        }
+}
+
 /* ---- routes from the configuration ------------------------------------------------- */
 
 /* "[192.0.2.1]:25", "[2001:db8::1]:2525", "mail.example:587" (MX lookup on the name). */
@@ -505,9 +521,7 @@ static void delivery_free(Delivery *d) {
 static void delivery_done(Delivery *d) {
         Manager *m = d->m;
         Message *msg = d->msg;
-        unsigned *active = dest_slot(m, d->domain, false);
-        if (active && *active > 0)
-                (*active)--;
+        dest_release(m, d->domain);
         m->n_deliveries--;
         for (Delivery **p = &m->deliveries; *p; p = &(*p)->next)
                 if (*p == d) {
@@ -992,9 +1006,7 @@ void deliver_cancel_message(Manager *m, Message *msg) {
                         continue;
                 }
                 *p = d->next;
-                unsigned *active = dest_slot(m, d->domain, false);
-                if (active && *active > 0)
-                        (*active)--;
+                dest_release(m, d->domain);
                 m->n_deliveries--;
                 delivery_free(d);
         }
