@@ -52,7 +52,8 @@ SERVICE = 'halyard-testd.service'
 SOCKET = 'halyard-testd.socket'
 
 # halyard-queued delivers sys.test to the sink the test starts in the container.
-QUEUE_CONFIG = '[Queue]\nHostName=queued.sys.test\nRoutes=sys.test=smtp:[127.0.0.1]:2526\nRetrySchedule=1s\n'
+QUEUE_CONFIG = ('[Queue]\nHostName=queued.sys.test\nRoutes=sys.test=smtp:[127.0.0.1]:2526\nRetrySchedule=1s\n'
+                '[Smtpd]\nHostName=smtpd.sys.test\nLocalDomains=sys.test\n')
 CONFIG = '# written by tests/system/test_target.py\n[Test]\nGreeting=hello from the system test\n' + QUEUE_CONFIG
 CONFIG_RELOADED = '# written by tests/system/test_target.py\n[Test]\nGreeting=reloaded\n' + QUEUE_CONFIG
 # Refused by `halyard-testd --check` (MaxConnections is a number).
@@ -72,6 +73,14 @@ class Handler:
 Controller(Handler(), hostname='127.0.0.1', port=2526).start()
 open('/run/sink.ready', 'w').close()
 time.sleep(600)
+"""
+
+SMTP_SEND = r"""
+import smtplib
+with smtplib.SMTP('127.0.0.1', 25, timeout=20) as s:
+    s.ehlo('client.sys.test')
+    r = s.sendmail('a@sys.test', ['user@sys.test'], 'From: a@sys.test\r\nTo: user@sys.test\r\nSubject: through smtpd\r\n\r\nhi\r\n')
+    print('250 accepted', r)
 """
 
 ENQUEUE = r"""
@@ -345,7 +354,28 @@ class HalyardTargetTest(unittest.TestCase):
         # The spool lives in the state directory, owned by the dynamic user.
         self.assertEqual(c.run('test', '-d', '/var/lib/private/halyard-queued/spool/msg').rc, 0)
 
-    def test_05_stop_start_target(self):
+    def test_05_smtpd_to_queue_to_receiver(self):
+        """halyard-smtpd, socket-activated on port 25 under systemd and
+        sandboxed (no network of its own), takes a message from smtplib and
+        hands it to the queue, which delivers it."""
+        c = self.c
+        c.wait_for(lambda: c.run('test', '-e', '/run/sink.ready').rc == 0, timeout=20, what='the sink from test_04')
+        r = c.run('/usr/bin/python3', '-c', SMTP_SEND, timeout=60)
+        self.assertEqual(r.rc, 0, r.stdout + r.stderr)
+        self.assertIn('250', r.stdout)
+        c.wait_for(lambda: 'Subject: through smtpd' in c.run('cat', '/run/sink.txt').stdout, timeout=30,
+                   what='the message at the receiver')
+        got = c.run('cat', '/run/sink.txt').stdout
+        self.assertIn('by smtpd.sys.test', got)
+        self.assertEqual(self.is_active('halyard-smtpd.service'), 'active')
+        out = c.run('journalctl', '--no-pager', '-o', 'json', '_SYSTEMD_UNIT=halyard-smtpd.service',
+                    'MESSAGE_ID=7c1e0b5a3d2f4e6c8a9b0c1d2e3f4a50').stdout
+        entries = [json.loads(l) for l in out.splitlines() if l.strip()]
+        self.assertTrue(entries, 'no accepted entry from halyard-smtpd')
+        self.assertEqual(entries[-1]['HALYARD_CLIENT_IP'], '127.0.0.1')
+        self.assertIn('HALYARD_QUEUE_ID', entries[-1])
+
+    def test_06_stop_start_target(self):
         # PartOf=halyard.target on the sockets: stopping the target stops
         # them, and Requires= stops their services; starting it again brings
         # the sockets back (services wait for a client).

@@ -1,0 +1,369 @@
+/* SPDX-License-Identifier: MIT */
+/* halyard-smtpd: the ESMTP intake. Listens on the fds systemd names smtp,
+ * submission and submissions (implicit TLS), serves io.halyard.Smtpd on the
+ * one named varlink; for development --listen-smtp=127.0.0.1:2525 and
+ * friends do the same. Reads [Smtpd] from the halyard configuration; TLS
+ * certificates and keys come as systemd credentials. SIGTERM drains. */
+#include <arpa/inet.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "macro.h"
+#include "smtpd.h"
+
+#define DEFAULT_MAX_MESSAGE_SIZE (50ULL * 1024 * 1024)
+#define DEFAULT_QUEUE_ADDRESS "unix:/run/halyard/io.halyard.Queue"
+#define DEFAULT_TLS_CERTIFICATE "smtpd-tls.crt"
+#define DEFAULT_TLS_KEY "smtpd-tls.key"
+
+static const ConfigKey smtpd_config_keys[] = {
+        { "Smtpd", "HostName", CONFIG_STRING },
+        { "Smtpd", "LocalDomains", CONFIG_LIST },
+        { "Smtpd", "RelayDomains", CONFIG_LIST },
+        { "Smtpd", "PermitNetworks", CONFIG_ADDRESSES },
+        { "Smtpd", "MaxMessageSize", CONFIG_SIZE },
+        { "Smtpd", "MaxRecipients", CONFIG_UINT },
+        { "Smtpd", "MaxConnections", CONFIG_UINT },
+        { "Smtpd", "MaxConnectionsPerAddress", CONFIG_UINT },
+        { "Smtpd", "MaxErrors", CONFIG_UINT },
+        { "Smtpd", "Timeout", CONFIG_DURATION },
+        /* Credential names (no paths), pairwise: the n-th key is the n-th
+         * certificate's. */
+        { "Smtpd", "TLSCertificates", CONFIG_LIST },
+        { "Smtpd", "TLSKeys", CONFIG_LIST },
+        { "Smtpd", "TLSPriority", CONFIG_STRING },
+        { "Smtpd", "Queue", CONFIG_STRING },
+        {}
+};
+
+static void settings_done(SmtpdSettings *c) {
+        free(c->hostname);
+        config_strv_free(c->local_domains);
+        config_strv_free(c->relay_domains);
+        free(c->permit);
+        free(c->queue_address);
+        *c = (SmtpdSettings) {};
+}
+
+static void tls_warn(const char *message, void *userdata) {
+        log_warning("TLS: %s", message);
+}
+
+/* Loads the certificate/key pairs named in the config (or the default
+ * credential names, when present). *ret stays NULL when none is there. */
+static int load_tls(Config *c, SmtpdTlsContext **ret) {
+        _cleanup_(config_strv_freep) char **certs = NULL, **keys = NULL;
+        const char *priority = NULL;
+        bool explicit = config_get_list(c, "Smtpd", "TLSCertificates", &certs) >= 0;
+        (void) config_get_list(c, "Smtpd", "TLSKeys", &keys);
+        (void) config_get_string(c, "Smtpd", "TLSPriority", &priority);
+        size_t n = 0, nk = 0;
+        while (certs && certs[n])
+                n++;
+        while (keys && keys[nk])
+                nk++;
+        if (explicit && n != nk)
+                return log_error_errno(-EINVAL, "TLSCertificates= and TLSKeys= must name as many credentials"), -EINVAL;
+
+        char *paths[32] = {};
+        SmtpdTlsKeyPair pairs[16] = {};
+        size_t np = 0;
+        int r = 0;
+        if (!explicit) {
+                static const char *const def[] = { DEFAULT_TLS_CERTIFICATE, DEFAULT_TLS_KEY };
+                if (daemon_credential_path(def[0], &paths[0]) < 0 || daemon_credential_path(def[1], &paths[1]) < 0) {
+                        free(paths[0]);
+                        free(paths[1]);
+                        *ret = NULL;
+                        return 0;
+                }
+                pairs[0] = (SmtpdTlsKeyPair) { paths[0], paths[1] };
+                np = 1;
+        } else {
+                if (n > ELEMENTSOF(pairs))
+                        return log_error_errno(-E2BIG, "Too many TLS certificates (at most %zu)", ELEMENTSOF(pairs)), -E2BIG;
+                for (size_t i = 0; i < n; i++) {
+                        r = daemon_credential_path(certs[i], &paths[2 * i]);
+                        if (r < 0) {
+                                log_error_errno(r, "TLS certificate credential %s: %m", certs[i]);
+                                goto out;
+                        }
+                        r = daemon_credential_path(keys[i], &paths[2 * i + 1]);
+                        if (r < 0) {
+                                log_error_errno(r, "TLS key credential %s: %m", keys[i]);
+                                goto out;
+                        }
+                        pairs[i] = (SmtpdTlsKeyPair) { paths[2 * i], paths[2 * i + 1] };
+                }
+                np = n;
+        }
+        if (np > 0) {
+                SmtpdTlsConfig tc = { .pairs = pairs, .n_pairs = np, .priority = priority, .warn = tls_warn };
+                char err[512] = "";
+                r = smtpd_tls_context_new(&tc, ret, err, sizeof err);
+                if (r < 0)
+                        log_error_errno(r, "TLS: %s", err);
+        }
+out:
+        for (size_t i = 0; i < ELEMENTSOF(paths); i++)
+                free(paths[i]);
+        return r;
+}
+
+static int load_config(Manager *m, bool check) {
+        Config *c = NULL;
+        SmtpdSettings n = {};
+        SmtpdTlsContext *tls = NULL;
+        uint64_t v;
+        const char *str;
+
+        int r = config_load(m->config_path, smtpd_config_keys, &c);
+        if (c)
+                config_print_diags(c, stderr);
+        if (r < 0)
+                goto out;
+
+        if (config_get_string(c, "Smtpd", "HostName", &str) >= 0 && *str)
+                n.hostname = strdup(str);
+        else {
+                char h[256] = "localhost";
+                (void) gethostname(h, sizeof h - 1);
+                n.hostname = strdup(h);
+        }
+        (void) config_get_list(c, "Smtpd", "LocalDomains", &n.local_domains);
+        (void) config_get_list(c, "Smtpd", "RelayDomains", &n.relay_domains);
+        (void) config_get_addresses(c, "Smtpd", "PermitNetworks", &n.permit, &n.n_permit);
+        n.max_message_size = DEFAULT_MAX_MESSAGE_SIZE;
+        (void) config_get_size(c, "Smtpd", "MaxMessageSize", &n.max_message_size);
+        n.max_recipients = config_get_uint(c, "Smtpd", "MaxRecipients", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 100000U) : 1000;
+        n.max_connections = config_get_uint(c, "Smtpd", "MaxConnections", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 1000000U) : 10000;
+        n.max_per_address = config_get_uint(c, "Smtpd", "MaxConnectionsPerAddress", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 1000000U) : 50;
+        n.max_errors = config_get_uint(c, "Smtpd", "MaxErrors", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 10000U) : 10;
+        n.timeout_usec = 300ULL * 1000000ULL;
+        if (config_get_duration(c, "Smtpd", "Timeout", &v) >= 0 && v >= 1000000ULL)
+                n.timeout_usec = v;
+        n.queue_address = strdup(config_get_string(c, "Smtpd", "Queue", &str) >= 0 && *str ? str : DEFAULT_QUEUE_ADDRESS);
+        if (!n.hostname || !n.queue_address) {
+                r = -ENOMEM;
+                goto out;
+        }
+        r = load_tls(c, &tls);
+        if (r < 0)
+                goto out;
+        if (!check) {
+                settings_done(&m->settings);
+                m->settings = n;
+                n = (SmtpdSettings) {};
+                smtpd_tls_context_unref(m->tls);
+                m->tls = TAKE_PTR(tls);
+        }
+out:
+        settings_done(&n);
+        smtpd_tls_context_unref(tls);
+        config_free(c);
+        return r;
+}
+
+static int on_reload(Daemon *d, void *userdata) {
+        return load_config(userdata, false);
+}
+
+static void on_drain(Daemon *d, void *userdata) {
+        Manager *m = userdata;
+        varlink_server_stop_listening(m->varlink);
+        log_info("Draining: %u sessions open", m->n_sessions);
+        sessions_drain(m);
+}
+
+static int on_status(Daemon *d, char *buf, size_t n, void *userdata) {
+        Manager *m = userdata;
+        snprintf(buf, n, "%u sessions, %llu messages accepted", m->n_sessions, (unsigned long long) m->n_accepted);
+        return 0;
+}
+
+static int on_ticket_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        if (m->tls)
+                (void) smtpd_tls_context_rotate_ticket_key(m->tls);
+        (void) sd_event_source_set_time(s, usec + 12ULL * 3600ULL * 1000000ULL);
+        return 0;
+}
+
+/* "127.0.0.1:2525", "[::1]:2525" or ":2525" (all addresses). */
+static int listen_tcp(const char *spec) {
+        struct sockaddr_storage ss = {};
+        socklen_t len;
+        const char *colon = strrchr(spec, ':');
+        if (!colon)
+                return -EINVAL;
+        char *end;
+        unsigned long port = strtoul(colon + 1, &end, 10);
+        if (*end || port == 0 || port > 65535)
+                return -EINVAL;
+        char host[INET6_ADDRSTRLEN + 2] = "";
+        size_t hl = (size_t) (colon - spec);
+        if (hl >= sizeof host)
+                return -EINVAL;
+        memcpy(host, spec, hl);
+        if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+                host[hl - 1] = 0;
+                memmove(host, host + 1, hl - 1);
+        }
+        struct sockaddr_in *a4 = (struct sockaddr_in *) &ss;
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *) &ss;
+        if (host[0] && inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+                a4->sin_family = AF_INET;
+                a4->sin_port = htons((uint16_t) port);
+                len = sizeof *a4;
+        } else if (!host[0] || inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+                a6->sin6_family = AF_INET6;
+                a6->sin6_port = htons((uint16_t) port);
+                len = sizeof *a6;
+        } else
+                return -EINVAL;
+        int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        int one = 1;
+        (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *) &ss, len) < 0 || listen(fd, 1024) < 0) {
+                int r = -errno;
+                safe_close(fd);
+                return r;
+        }
+        return fd;
+}
+
+static void manager_free(Manager *m) {
+        sessions_free_all(m);
+        for (unsigned k = 0; k < _LISTENER_MAX; k++)
+                listener_stop(&m->listeners[k]);
+        varlink_server_free(m->varlink);
+        smtpd_tls_context_unref(m->tls);
+        settings_done(&m->settings);
+        daemon_free(m->daemon);
+        sd_event_unref(m->event);
+}
+
+int main(int argc, char **argv) {
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "check", no_argument, NULL, 'c' },
+                { "config", required_argument, NULL, 'C' },
+                { "listen-smtp", required_argument, NULL, '1' },
+                { "listen-submission", required_argument, NULL, '2' },
+                { "listen-submissions", required_argument, NULL, '3' },
+                { "listen-varlink", required_argument, NULL, 'v' },
+                {}
+        };
+        _cleanup_(manager_free) Manager m = {};
+        const char *listen[_LISTENER_MAX] = {}, *listen_varlink = NULL;
+        bool check = false;
+        int c, r;
+
+        for (unsigned k = 0; k < _LISTENER_MAX; k++)
+                m.listeners[k].fd = -1;
+        m.config_path = config_default_path();
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        printf("Usage: halyard-smtpd [--check] [--config=PATH] [--listen-smtp=ADDR:PORT]\n"
+                               "       [--listen-submission=ADDR:PORT] [--listen-submissions=ADDR:PORT]\n"
+                               "       [--listen-varlink=unix:/path]\n");
+                        return 0;
+                case 'c':
+                        check = true;
+                        break;
+                case 'C':
+                        m.config_path = optarg;
+                        break;
+                case '1':
+                case '2':
+                case '3':
+                        listen[c - '1'] = optarg;
+                        break;
+                case 'v':
+                        listen_varlink = optarg;
+                        break;
+                default:
+                        return 2;
+                }
+
+        log_setup("halyard-smtpd", LOG_TARGET_AUTO);
+        r = load_config(&m, check);
+        if (check || r < 0) {
+                if (r < 0)
+                        log_error("Refusing to start with a bad configuration (%s)", m.config_path);
+                return r < 0 ? 1 : 0;
+        }
+        if (getrandom(&m.id_base, sizeof m.id_base, 0) != sizeof m.id_base)
+                m.id_base = (uint64_t) getpid() << 32;
+
+        r = sd_event_default(&m.event);
+        if (r < 0)
+                return log_error_errno(r, "Failed to allocate event loop: %m"), 1;
+        r = smtpd_varlink_setup(&m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up varlink: %m"), 1;
+
+        static const DaemonCallbacks callbacks = { .drain = on_drain, .reload = on_reload, .status = on_status };
+        r = daemon_new(m.event, &callbacks, &m, &m.daemon);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up service glue: %m"), 1;
+
+        unsigned n_listeners = 0;
+        for (unsigned k = 0; k < _LISTENER_MAX; k++) {
+                const char *name = listener_kind_to_string(k);
+                int fd = daemon_take_listen_fd(m.daemon, name);
+                if (fd < 0 && listen[k]) {
+                        fd = listen_tcp(listen[k]);
+                        if (fd < 0)
+                                return log_error_errno(fd, "Failed to listen on %s for %s: %m", listen[k], name), 1;
+                }
+                if (fd < 0)
+                        continue;
+                if (k == LISTENER_SUBMISSIONS && !m.tls) {
+                        safe_close(fd);
+                        log_warning("No TLS certificate: not serving submissions (implicit TLS)");
+                        continue;
+                }
+                r = listener_start(&m, k, fd);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to serve %s: %m", name), 1;
+                n_listeners++;
+        }
+        if (n_listeners == 0)
+                return log_error("No SMTP listener: start through the halyard-smtpd-*.socket units or pass --listen-smtp=ADDR:PORT"), 1;
+
+        int fd = daemon_take_listen_fd(m.daemon, "varlink");
+        if (fd >= 0)
+                r = varlink_server_listen_fd(m.varlink, fd);
+        else if (listen_varlink)
+                r = varlink_server_listen_address(m.varlink, listen_varlink, 0666);
+        else
+                r = 0;
+        if (r < 0)
+                return log_error_errno(r, "Failed to listen for varlink: %m"), 1;
+        if (daemon_n_listen_fds_left(m.daemon) > 0)
+                log_warning("%zu inherited sockets with unknown names ignored", daemon_n_listen_fds_left(m.daemon));
+
+        uint64_t now;
+        (void) sd_event_now(m.event, CLOCK_MONOTONIC, &now);
+        r = sd_event_add_time(m.event, NULL, CLOCK_MONOTONIC, now + 12ULL * 3600ULL * 1000000ULL, 0, on_ticket_timer, &m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the ticket key timer: %m"), 1;
+
+        log_event(LOG_INFO, LOG_MESSAGE_SERVICE_STARTED, (const char *[]){ "HALYARD_SERVICE=smtpd", NULL },
+                  "halyard-smtpd %s: %u listeners, TLS %s, queue at %s", HALYARD_VERSION, n_listeners,
+                  m.tls ? "on" : "off", m.settings.queue_address);
+        (void) daemon_ready(m.daemon);
+        r = sd_event_loop(m.event);
+        return r < 0 ? 1 : r;
+}

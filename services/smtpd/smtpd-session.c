@@ -1,0 +1,1070 @@
+/* SPDX-License-Identifier: MIT */
+/* One ESMTP session per accepted connection, on the event loop, never
+ * blocking: a line reader (512 octets a command), pipelining (every complete
+ * command in the input is handled, the replies go out in one write), DATA
+ * and BDAT through the reader of smtpd-data.h into a memfd, relay control,
+ * STARTTLS and implicit TLS through smtpd-tls.h, and the hand-over to
+ * io.halyard.Queue.Enqueue: the 250 goes out only after the queue answered. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "macro.h"
+#include "smtpd-command.h"
+#include "smtpd-data.h"
+#include "smtpd.h"
+
+#define SESSION_IN_MAX (16U * 1024U)
+#define SESSION_OUT_MAX (64U * 1024U) /* stop reading while this much is unsent */
+
+typedef enum SessionPhase {
+        PHASE_TLS_HANDSHAKE, /* implicit TLS, or after STARTTLS */
+        PHASE_COMMAND,
+        PHASE_DATA,
+        PHASE_BDAT,
+        PHASE_QUEUE,         /* waiting for Enqueue's answer */
+        PHASE_STARTTLS,      /* 220 Ready being flushed; input is not read */
+        PHASE_CLOSING,       /* last reply being flushed */
+} SessionPhase;
+
+struct Session {
+        Manager *manager;
+        Listener *listener;
+        Session *prev, *next;
+        int fd;
+        sd_event_source *io;
+        sd_event_source *timer;
+        sd_event_source *defer; /* TLS holds decrypted input the fd won't signal */
+        char id[24];
+        char ip[INET6_ADDRSTRLEN];
+        struct sockaddr_storage sa;
+        SessionPhase phase;
+
+        SmtpdTlsSession *tls;
+        SmtpdTlsFacts facts;
+        bool tls_active;
+
+        char in[SESSION_IN_MAX];
+        size_t in_n;
+        bool skip_line; /* an overlong command is being skipped to its LF */
+        bool eof;
+
+        char *out;
+        size_t out_n, out_size;
+
+        char helo[SMTP_COMMAND_LINE_MAX + 1];
+        bool ehlo;
+        bool greeted;
+        unsigned errors;
+        unsigned n_messages;
+
+        /* The transaction. */
+        bool have_mail;
+        SmtpCommand mail;
+        json_object *rcpts;
+        SmtpDataReader reader;
+        int memfd;
+        bool bdat_discard;   /* BDAT without a valid transaction: read and drop */
+        bool bdat_started;
+        Varlink *queue;
+};
+
+const char *listener_kind_to_string(ListenerKind k) {
+        static const char *const t[_LISTENER_MAX] = { "smtp", "submission", "submissions" };
+        return k < _LISTENER_MAX ? t[k] : NULL;
+}
+
+const char *reject_reason_to_string(RejectReason r) {
+        static const char *const t[_REJECT_MAX] = {
+                "relay-denied", "syntax", "bad-sequence", "too-many-recipients",
+                "message-too-large", "line-too-long", "bare-newline", "too-many-errors",
+                "timeout", "too-many-connections", "queue-unavailable", "auth-required", "tls-failed",
+        };
+        return r < _REJECT_MAX ? t[r] : NULL;
+}
+
+static void session_process(Session *s);
+static void session_update_events(Session *s);
+static void session_after(Session *s);
+
+/* ---- output ---------------------------------------------------------- */
+
+static void session_free(Session *s) {
+        Manager *m = s->manager;
+
+        if (s->queue) {
+                Varlink *q = TAKE_PTR(s->queue);
+                varlink_close(q); /* its callback sees s->queue == NULL */
+                varlink_unref(q);
+        }
+        if (s->prev)
+                s->prev->next = s->next;
+        else
+                m->sessions = s->next;
+        if (s->next)
+                s->next->prev = s->prev;
+        m->n_sessions--;
+        s->listener->n_open--;
+        sd_event_source_disable_unref(s->io);
+        sd_event_source_disable_unref(s->timer);
+        sd_event_source_disable_unref(s->defer);
+        smtpd_tls_session_free(s->tls);
+        smtpd_tls_facts_done(&s->facts);
+        safe_close(s->fd);
+        safe_close(s->memfd);
+        json_object_put(s->rcpts);
+        free(s->out);
+        free(s);
+
+        if (daemon_is_draining(m->daemon) && m->n_sessions == 0)
+                (void) daemon_exit(m->daemon, 0);
+}
+
+static void session_end(Session *s, const char *why) {
+        const char *tls = s->tls_active ? s->facts.version : "none";
+        char fields[5][600];
+        snprintf(fields[0], sizeof fields[0], "HALYARD_CLIENT_IP=%s", s->ip);
+        snprintf(fields[1], sizeof fields[1], "HALYARD_HELO=%s", s->helo);
+        snprintf(fields[2], sizeof fields[2], "HALYARD_TLS_VERSION=%s", tls ? tls : "none");
+        snprintf(fields[3], sizeof fields[3], "HALYARD_SESSION_ID=%s", s->id);
+        snprintf(fields[4], sizeof fields[4], "HALYARD_LISTENER=%s", listener_kind_to_string(s->listener->kind));
+        log_full(LOG_INFO, 0, (const char *const[]){ fields[0], fields[1], fields[2], fields[3], fields[4], NULL },
+                 "%s: session from %s (helo %s) ended: %s, %u messages", s->id, s->ip,
+                 s->helo[0] ? s->helo : "-", why, s->n_messages);
+        session_free(s);
+}
+
+static int out_append(Session *s, const char *p, size_t n) {
+        if (s->out_n + n > s->out_size) {
+                size_t size = MAX(s->out_size * 2, s->out_n + n + 512);
+                char *o = realloc(s->out, size);
+                if (!o)
+                        return -ENOMEM;
+                s->out = o;
+                s->out_size = size;
+        }
+        memcpy(s->out + s->out_n, p, n);
+        s->out_n += n;
+        return 0;
+}
+
+static void reply(Session *s, const char *format, ...) _printf_(2, 3);
+static void reply(Session *s, const char *format, ...) {
+        char buf[1024];
+        va_list ap;
+        va_start(ap, format);
+        int n = vsnprintf(buf, sizeof buf - 2, format, ap);
+        va_end(ap);
+        if (n < 0)
+                return;
+        n = MIN(n, (int) sizeof buf - 3);
+        buf[n++] = '\r';
+        buf[n++] = '\n';
+        (void) out_append(s, buf, (size_t) n);
+}
+
+static void reject_log(Session *s, RejectReason reason, const char *what) {
+        char ip[80], reasonf[80], id[60];
+        s->manager->rejects[reason]++;
+        snprintf(ip, sizeof ip, "HALYARD_CLIENT_IP=%s", s->ip);
+        snprintf(reasonf, sizeof reasonf, "HALYARD_REJECT_REASON=%s", reject_reason_to_string(reason));
+        snprintf(id, sizeof id, "HALYARD_SESSION_ID=%s", s->id);
+        log_event(LOG_NOTICE, LOG_MESSAGE_REJECTED, (const char *const[]){ ip, reasonf, id, NULL },
+                  "%s: rejected from %s: %s: %s", s->id, s->ip, reject_reason_to_string(reason), what);
+}
+
+/* A refusal of a command: counts towards the error limit. */
+static void reply_error(Session *s, RejectReason reason, unsigned code, const char *enhanced, const char *text) {
+        reply(s, "%u %s %s", code, enhanced, text);
+        reject_log(s, reason, text);
+        if (++s->errors >= s->manager->settings.max_errors && s->phase != PHASE_CLOSING) {
+                reply(s, "421 4.7.0 %s Too many errors, closing connection", s->manager->settings.hostname);
+                reject_log(s, REJECT_TOO_MANY_ERRORS, "error limit reached");
+                s->phase = PHASE_CLOSING;
+        }
+}
+
+/* Writes what is buffered; 0 when all is out or would block, < 0 when the
+ * connection broke. */
+static int session_flush(Session *s) {
+        while (s->out_n > 0) {
+                ssize_t k;
+                if (s->tls_active) {
+                        k = smtpd_tls_write(s->tls, s->out, s->out_n);
+                        if (k == -EAGAIN)
+                                return 0;
+                        if (k < 0)
+                                return (int) k;
+                } else {
+                        k = send(s->fd, s->out, s->out_n, MSG_NOSIGNAL | MSG_DONTWAIT);
+                        if (k < 0) {
+                                if (errno == EAGAIN || errno == EINTR)
+                                        return 0;
+                                return -errno;
+                        }
+                }
+                memmove(s->out, s->out + k, s->out_n - (size_t) k);
+                s->out_n -= (size_t) k;
+        }
+        return 0;
+}
+
+/* ---- the transaction ------------------------------------------------- */
+
+static void transaction_reset(Session *s) {
+        s->have_mail = false;
+        json_object_put(s->rcpts);
+        s->rcpts = NULL;
+        s->memfd = safe_close(s->memfd);
+        s->bdat_discard = false;
+        s->bdat_started = false;
+}
+
+static bool domain_in(char *const *list, const char *domain) {
+        for (char *const *d = list; d && *d; d++)
+                if (strcasecmp(*d, domain) == 0)
+                        return true;
+        return false;
+}
+
+static bool client_permitted(Session *s) {
+        const SmtpdSettings *c = &s->manager->settings;
+        for (size_t i = 0; i < c->n_permit; i++)
+                if (config_address_match(&c->permit[i], (const struct sockaddr *) &s->sa))
+                        return true;
+        return false;
+}
+
+static int memfd_sink(const void *p, size_t n, void *userdata) {
+        Session *s = userdata;
+        const char *q = p;
+        while (n > 0) {
+                ssize_t k = write(s->memfd, q, n);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                q += k;
+                n -= (size_t) k;
+        }
+        return 0;
+}
+
+static int write_received(Session *s) {
+        const SmtpdSettings *c = &s->manager->settings;
+        char date[64], tlsinfo[200] = "";
+        struct tm tm;
+        time_t now = time(NULL);
+        localtime_r(&now, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+        if (s->tls_active)
+                snprintf(tlsinfo, sizeof tlsinfo, "\r\n\t(version=%s cipher=%s)",
+                         s->facts.version ? s->facts.version : "unknown", s->facts.cipher ? s->facts.cipher : "unknown");
+        char *h = NULL;
+        int n = asprintf(&h,
+                         "Received: from %s (%s [%s])\r\n"
+                         "\tby %s (halyard) with %s%s id %s-%u%s;\r\n"
+                         "\t%s\r\n",
+                         s->helo, s->ip, s->ip, c->hostname,
+                         s->ehlo ? "ESMTP" : "SMTP", s->tls_active ? "S" : "", s->id, s->n_messages + 1,
+                         tlsinfo, date);
+        if (n < 0)
+                return -ENOMEM;
+        int r = memfd_sink(h, (size_t) n, s);
+        free(h);
+        return r;
+}
+
+/* Opens the memfd with the Received: header and starts the reader. */
+static int message_begin(Session *s, bool bdat) {
+        s->memfd = memfd_create("smtpd-message", MFD_CLOEXEC);
+        if (s->memfd < 0)
+                return -errno;
+        int r = write_received(s);
+        if (r < 0)
+                return r;
+        SmtpDataOptions o = {
+                .max_size = s->manager->settings.max_message_size,
+                .flags = s->mail.body == SMTP_BODY_BINARYMIME ? SMTP_DATA_ALLOW_LONG_LINES : 0,
+                .sink = memfd_sink,
+                .userdata = s,
+        };
+        if (bdat)
+                smtp_data_reader_init_bdat(&s->reader, &o);
+        else
+                smtp_data_reader_init(&s->reader, &o);
+        return 0;
+}
+
+static RejectReason data_problem_reason(SmtpDataProblem p) {
+        switch (p) {
+        case SMTP_DATA_TOO_BIG: return REJECT_MESSAGE_TOO_LARGE;
+        case SMTP_DATA_BARE_NEWLINE: return REJECT_BARE_NEWLINE;
+        default: return REJECT_LINE_TOO_LONG;
+        }
+}
+
+static int on_enqueue_reply(Varlink *link, json_object *parameters, const char *error,
+                            VarlinkReplyFlags flags, void *userdata) {
+        Session *s = userdata;
+        if (s->queue != link) /* the session is going away */
+                return 0;
+        s->queue = NULL;
+        varlink_unref(link);
+
+        const char *id = NULL;
+        json_object *v;
+        if (!error && json_object_object_get_ex(parameters, "queueId", &v))
+                id = json_object_get_string(v);
+        if (!id) {
+                reply(s, "451 4.3.0 Queue not available, try again later");
+                char why[200];
+                snprintf(why, sizeof why, "queue answered %s", error ? error : "no queue id");
+                reject_log(s, REJECT_QUEUE_UNAVAILABLE, why);
+        } else {
+                Manager *m = s->manager;
+                char f[6][600];
+                s->n_messages++;
+                m->n_accepted++;
+                reply(s, "250 2.0.0 Ok: queued as %s", id);
+                snprintf(f[0], sizeof f[0], "HALYARD_QUEUE_ID=%s", id);
+                snprintf(f[1], sizeof f[1], "HALYARD_CLIENT_IP=%s", s->ip);
+                snprintf(f[2], sizeof f[2], "HALYARD_HELO=%s", s->helo);
+                snprintf(f[3], sizeof f[3], "HALYARD_TLS_VERSION=%s", s->tls_active && s->facts.version ? s->facts.version : "none");
+                snprintf(f[4], sizeof f[4], "HALYARD_TLS_CIPHER=%s", s->tls_active && s->facts.cipher ? s->facts.cipher : "none");
+                snprintf(f[5], sizeof f[5], "HALYARD_SENDER=%s", s->mail.path.address);
+                log_event(LOG_INFO, LOG_MESSAGE_ACCEPTED,
+                          (const char *const[]){ f[0], f[1], f[2], f[3], f[4], f[5], NULL },
+                          "%s: accepted from %s (helo %s), sender <%s>, %zu recipients, %llu bytes", id, s->ip,
+                          s->helo, s->mail.path.address, json_object_array_length(s->rcpts),
+                          (unsigned long long) s->reader.size);
+        }
+        transaction_reset(s);
+        s->phase = PHASE_COMMAND;
+        session_process(s);
+        return 0;
+}
+
+/* The message is complete and acceptable: hand it to the queue. */
+static void message_enqueue(Session *s) {
+        Manager *m = s->manager;
+        Varlink *q = NULL;
+        int r;
+
+        r = varlink_connect_address(m->event, m->settings.queue_address, &q);
+        if (r < 0)
+                goto fail;
+        varlink_set_timeout(q, 60ULL * 1000000ULL);
+        int fd = dup(s->memfd);
+        if (fd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        r = varlink_push_fd(q, fd);
+        if (r < 0)
+                goto fail;
+
+        json_object *p = json_object_new_object(), *client = json_object_new_object();
+        const SmtpCommand *mc = &s->mail;
+        json_object_object_add(p, "sender", json_object_new_string(mc->path.null ? "" : mc->path.address));
+        json_object_object_add(p, "recipients", json_object_get(s->rcpts));
+        json_object_object_add(p, "content", json_object_new_int(r));
+        json_object_object_add(p, "size", json_object_new_int64((int64_t) s->reader.size));
+        if (mc->body == SMTP_BODY_8BITMIME)
+                json_object_object_add(p, "body", json_object_new_string("eightBitMime"));
+        else if (mc->body == SMTP_BODY_BINARYMIME)
+                json_object_object_add(p, "body", json_object_new_string("binaryMime"));
+        else if (mc->body == SMTP_BODY_7BIT)
+                json_object_object_add(p, "body", json_object_new_string("sevenBit"));
+        if (mc->smtputf8)
+                json_object_object_add(p, "smtputf8", json_object_new_boolean(true));
+        if (mc->ret == SMTP_RET_FULL)
+                json_object_object_add(p, "ret", json_object_new_string("full"));
+        else if (mc->ret == SMTP_RET_HDRS)
+                json_object_object_add(p, "ret", json_object_new_string("headers"));
+        if (mc->has_envid)
+                json_object_object_add(p, "envid", json_object_new_string(mc->envid));
+        json_object_object_add(client, "address", json_object_new_string(s->ip));
+        json_object_object_add(client, "helo", json_object_new_string(s->helo));
+        if (s->tls_active && s->facts.description)
+                json_object_object_add(client, "tls", json_object_new_string(s->facts.description));
+        json_object_object_add(p, "client", client);
+        s->queue = q;
+        r = varlink_invoke(q, "io.halyard.Queue.Enqueue", p, 0, on_enqueue_reply, s);
+        json_object_put(p);
+        if (r < 0) {
+                s->queue = NULL;
+                goto fail;
+        }
+        s->phase = PHASE_QUEUE;
+        return;
+fail:
+        varlink_unref(q);
+        reply(s, "451 4.3.0 Queue not available, try again later");
+        reject_log(s, REJECT_QUEUE_UNAVAILABLE, strerror(-r));
+        transaction_reset(s);
+}
+
+/* The reader finished (DATA end marker, or the last BDAT chunk). */
+static void message_end(Session *s) {
+        SmtpReplyError e;
+        if (smtp_data_result(&s->reader, &e) < 0) {
+                reply_error(s, data_problem_reason(s->reader.problem), e.code, e.enhanced, e.text);
+                transaction_reset(s);
+                return;
+        }
+        message_enqueue(s);
+}
+
+/* ---- commands -------------------------------------------------------- */
+
+static void reply_ehlo(Session *s) {
+        const SmtpdSettings *c = &s->manager->settings;
+        reply(s, "250-%s Hello %s [%s]", c->hostname, s->helo, s->ip);
+        reply(s, "250-PIPELINING");
+        reply(s, "250-SIZE %llu", (unsigned long long) c->max_message_size);
+        reply(s, "250-8BITMIME");
+        reply(s, "250-SMTPUTF8");
+        reply(s, "250-ENHANCEDSTATUSCODES");
+        if (s->manager->tls && !s->tls_active && s->listener->kind != LISTENER_SUBMISSIONS)
+                reply(s, "250-STARTTLS");
+        reply(s, "250-DSN");
+        reply(s, "250 CHUNKING");
+}
+
+static void cmd_rcpt(Session *s, const SmtpCommand *cmd) {
+        const SmtpdSettings *c = &s->manager->settings;
+        if (!s->have_mail) {
+                reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: need MAIL command");
+                return;
+        }
+        if (json_object_array_length(s->rcpts) >= c->max_recipients) {
+                reply_error(s, REJECT_TOO_MANY_RECIPIENTS, 452, "4.5.3", "Error: too many recipients");
+                return;
+        }
+        bool ok = cmd->path.postmaster || client_permitted(s) ||
+                  domain_in(c->local_domains, cmd->path.domain) || domain_in(c->relay_domains, cmd->path.domain);
+        if (!ok) {
+                reply_error(s, REJECT_RELAY_DENIED, 554, "5.7.1", "Relay access denied");
+                return;
+        }
+        json_object *r = json_object_new_object();
+        json_object_object_add(r, "address", json_object_new_string(cmd->path.postmaster ? "postmaster" : cmd->path.address));
+        if (cmd->notify) {
+                json_object *n = json_object_new_array();
+                if (cmd->notify & SMTP_NOTIFY_NEVER)
+                        json_object_array_add(n, json_object_new_string("NEVER"));
+                if (cmd->notify & SMTP_NOTIFY_SUCCESS)
+                        json_object_array_add(n, json_object_new_string("SUCCESS"));
+                if (cmd->notify & SMTP_NOTIFY_FAILURE)
+                        json_object_array_add(n, json_object_new_string("FAILURE"));
+                if (cmd->notify & SMTP_NOTIFY_DELAY)
+                        json_object_array_add(n, json_object_new_string("DELAY"));
+                json_object_object_add(r, "notify", n);
+        }
+        if (cmd->has_orcpt) {
+                char o[SMTP_COMMAND_LINE_MAX + SMTP_ORCPT_MAX + 4];
+                snprintf(o, sizeof o, "%s;%s", cmd->orcpt_type, cmd->orcpt);
+                json_object_object_add(r, "orcpt", json_object_new_string(o));
+        }
+        json_object_array_add(s->rcpts, r);
+        reply(s, "250 2.1.5 Ok");
+}
+
+static void cmd_mail(Session *s, const SmtpCommand *cmd) {
+        const SmtpdSettings *c = &s->manager->settings;
+        if (!s->helo[0]) {
+                reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: send HELO/EHLO first");
+                return;
+        }
+        if (s->have_mail) {
+                reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: nested MAIL command");
+                return;
+        }
+        if (s->listener->kind != LISTENER_SMTP && !client_permitted(s)) {
+                reply_error(s, REJECT_AUTH_REQUIRED, 530, "5.7.0", "Authentication required");
+                return;
+        }
+        if (cmd->has_size && c->max_message_size > 0 && cmd->size > c->max_message_size) {
+                reply_error(s, REJECT_MESSAGE_TOO_LARGE, 552, "5.3.4", "Message size exceeds fixed limit");
+                return;
+        }
+        s->mail = *cmd;
+        s->have_mail = true;
+        s->rcpts = json_object_new_array();
+        reply(s, "250 2.1.0 Ok");
+}
+
+static void start_data(Session *s, bool bdat, const SmtpCommand *cmd) {
+        if (!bdat) {
+                if (!s->have_mail) {
+                        reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: need MAIL command");
+                        return;
+                }
+                if (json_object_array_length(s->rcpts) == 0) {
+                        reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: need RCPT command");
+                        return;
+                }
+                if (s->bdat_started) {
+                        reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: DATA after BDAT");
+                        return;
+                }
+                if (message_begin(s, false) < 0) {
+                        reply(s, "451 4.3.0 Local error, try again later");
+                        transaction_reset(s);
+                        return;
+                }
+                reply(s, "354 End data with <CR><LF>.<CR><LF>");
+                s->phase = PHASE_DATA;
+                return;
+        }
+
+        /* BDAT: the chunk follows at once, so it is read even when refused. */
+        if (!s->bdat_started) {
+                s->bdat_discard = !s->have_mail || json_object_array_length(s->rcpts) == 0;
+                if (!s->bdat_discard && message_begin(s, true) < 0)
+                        s->bdat_discard = true;
+                if (s->bdat_discard) {
+                        SmtpDataOptions o = {};
+                        smtp_data_reader_init_bdat(&s->reader, &o);
+                }
+                s->bdat_started = true;
+        }
+        (void) smtp_data_reader_bdat(&s->reader, cmd->chunk_size, cmd->last);
+        s->phase = PHASE_BDAT;
+}
+
+static void bdat_chunk_done(Session *s) {
+        s->phase = PHASE_COMMAND;
+        if (s->bdat_discard) {
+                bool need_mail = !s->have_mail;
+                if (s->reader.done)
+                        transaction_reset(s);
+                reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", need_mail ? "Error: need MAIL command" : "Error: need RCPT command");
+                return;
+        }
+        if (!s->reader.done) {
+                reply(s, "250 2.0.0 %llu octets received", (unsigned long long) s->reader.wire_bytes);
+                return;
+        }
+        message_end(s);
+}
+
+static int start_tls(Session *s);
+
+static void handle_line(Session *s, const char *line, size_t len, bool too_long) {
+        unsigned flags = SMTP_PARSE_SMTPUTF8 | SMTP_PARSE_8BITMIME | SMTP_PARSE_BINARYMIME | SMTP_PARSE_DSN | SMTP_PARSE_SIZE;
+        SmtpCommand cmd;
+        SmtpReplyError e;
+
+        if (too_long)
+                flags |= SMTP_PARSE_LINE_TOO_LONG;
+        if (s->have_mail && s->mail.smtputf8)
+                flags |= SMTP_PARSE_UTF8_TRANSACTION;
+        if (smtp_command_parse(line, len, flags, &cmd, &e) < 0) {
+                /* A refused BDAT still has its chunk coming; without a
+                 * valid size we cannot find the end of it: close. */
+                if (len >= 5 && strncasecmp(line, "BDAT ", 5) == 0) {
+                        reply(s, "%u %s %s", e.code, e.enhanced, e.text);
+                        reply(s, "421 4.7.0 %s Closing connection", s->manager->settings.hostname);
+                        reject_log(s, REJECT_SYNTAX, "bad BDAT");
+                        s->phase = PHASE_CLOSING;
+                        return;
+                }
+                reply_error(s, too_long || strcmp(e.enhanced, "5.5.6") == 0 ? REJECT_LINE_TOO_LONG : REJECT_SYNTAX,
+                            e.code, e.enhanced, e.text);
+                return;
+        }
+        if (s->bdat_started && !s->bdat_discard && cmd.verb != SMTP_VERB_BDAT && cmd.verb != SMTP_VERB_RSET &&
+            cmd.verb != SMTP_VERB_QUIT && cmd.verb != SMTP_VERB_NOOP) {
+                reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: BDAT transaction in progress");
+                return;
+        }
+        switch (cmd.verb) {
+        case SMTP_VERB_EHLO:
+        case SMTP_VERB_HELO:
+                transaction_reset(s);
+                snprintf(s->helo, sizeof s->helo, "%s", cmd.arg);
+                s->ehlo = cmd.verb == SMTP_VERB_EHLO;
+                if (s->ehlo)
+                        reply_ehlo(s);
+                else
+                        reply(s, "250 %s", s->manager->settings.hostname);
+                break;
+        case SMTP_VERB_MAIL:
+                cmd_mail(s, &cmd);
+                break;
+        case SMTP_VERB_RCPT:
+                cmd_rcpt(s, &cmd);
+                break;
+        case SMTP_VERB_DATA:
+                start_data(s, false, &cmd);
+                break;
+        case SMTP_VERB_BDAT:
+                start_data(s, true, &cmd);
+                break;
+        case SMTP_VERB_RSET:
+                transaction_reset(s);
+                reply(s, "250 2.0.0 Ok");
+                break;
+        case SMTP_VERB_NOOP:
+                reply(s, "250 2.0.0 Ok");
+                break;
+        case SMTP_VERB_QUIT:
+                reply(s, "221 2.0.0 Bye");
+                s->phase = PHASE_CLOSING;
+                break;
+        case SMTP_VERB_HELP:
+                reply(s, "214 2.0.0 See RFC 5321");
+                break;
+        case SMTP_VERB_VRFY:
+                reply(s, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+                break;
+        case SMTP_VERB_EXPN:
+                reply_error(s, REJECT_SYNTAX, 502, "5.5.1", "Error: command not implemented");
+                break;
+        case SMTP_VERB_STARTTLS:
+                if (!s->manager->tls || s->tls_active || s->listener->kind == LISTENER_SUBMISSIONS) {
+                        reply_error(s, REJECT_SYNTAX, 502, "5.5.1", "Error: command not implemented");
+                        break;
+                }
+                if (cmd.arg[0]) {
+                        reply_error(s, REJECT_SYNTAX, 501, "5.5.4", "Syntax: STARTTLS");
+                        break;
+                }
+                if (s->have_mail) {
+                        reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: MAIL transaction in progress");
+                        break;
+                }
+                reply(s, "220 2.0.0 Ready to start TLS");
+                /* CVE-2011-0411: whatever came after the STARTTLS line was
+                 * sent in plaintext: drop it, and forget the EHLO. */
+                s->in_n = 0;
+                s->helo[0] = 0;
+                s->ehlo = false;
+                s->phase = PHASE_STARTTLS;
+                break;
+        case SMTP_VERB_AUTH:
+                reply_error(s, REJECT_SYNTAX, 502, "5.5.1", "Error: authentication not enabled");
+                break;
+        default:
+                reply_error(s, REJECT_SYNTAX, 500, "5.5.2", "Error: command not recognized");
+                break;
+        }
+}
+
+/* Handles whatever complete input there is. */
+static void session_process(Session *s) {
+        for (;;) {
+                if (s->phase == PHASE_DATA || s->phase == PHASE_BDAT) {
+                        if (s->in_n == 0)
+                                break;
+                        size_t used = 0;
+                        int r = smtp_data_feed(&s->reader, s->in, s->in_n, &used);
+                        if (r < 0) {
+                                reply(s, "451 4.3.0 Local error, try again later");
+                                s->phase = PHASE_CLOSING;
+                                break;
+                        }
+                        if (r == 0)
+                                used = s->in_n;
+                        memmove(s->in, s->in + used, s->in_n - used);
+                        s->in_n -= used;
+                        if (r == 0)
+                                break;
+                        if (s->phase == PHASE_DATA) {
+                                s->phase = PHASE_COMMAND;
+                                message_end(s);
+                        } else
+                                bdat_chunk_done(s);
+                        continue;
+                }
+                if (s->phase != PHASE_COMMAND)
+                        break;
+                if (daemon_is_draining(s->manager->daemon) && !s->have_mail && s->in_n == 0) {
+                        reply(s, "421 4.3.2 %s Service shutting down", s->manager->settings.hostname);
+                        s->phase = PHASE_CLOSING;
+                        break;
+                }
+                char *lf = memchr(s->in, '\n', s->in_n);
+                if (!lf) {
+                        if (s->in_n > SMTP_COMMAND_LINE_MAX + 1) {
+                                /* No end in sight: refuse now, skip to the LF. */
+                                if (!s->skip_line)
+                                        handle_line(s, s->in, s->in_n, true);
+                                s->skip_line = true;
+                                s->in_n = 0;
+                        }
+                        break;
+                }
+                size_t n = (size_t) (lf - s->in) + 1, len = n - 1;
+                if (len > 0 && s->in[len - 1] == '\r')
+                        len--;
+                if (s->skip_line)
+                        s->skip_line = false;
+                else
+                        handle_line(s, s->in, len, len > SMTP_COMMAND_LINE_MAX);
+                if (s->phase == PHASE_STARTTLS)
+                        break; /* the input was dropped */
+                memmove(s->in, s->in + n, s->in_n - n);
+                s->in_n -= n;
+        }
+        if (s->eof && s->phase != PHASE_QUEUE) {
+                (void) session_flush(s);
+                session_end(s, "client disconnected");
+                return;
+        }
+        session_after(s);
+}
+
+/* ---- I/O ------------------------------------------------------------- */
+
+static void session_fail(Session *s, const char *why) {
+        session_end(s, why);
+}
+
+static int start_tls(Session *s) {
+        int r = smtpd_tls_session_new(s->manager->tls, s->fd, &s->tls);
+        if (r < 0)
+                return r;
+        s->phase = PHASE_TLS_HANDSHAKE;
+        return 0;
+}
+
+static void do_handshake(Session *s) {
+        int r = smtpd_tls_handshake(s->tls);
+        if (r == -EAGAIN) {
+                session_update_events(s);
+                return;
+        }
+        if (r < 0) {
+                char why[300];
+                snprintf(why, sizeof why, "TLS handshake failed: %s", smtpd_tls_error(s->tls));
+                reject_log(s, REJECT_TLS_FAILED, why);
+                session_fail(s, why);
+                return;
+        }
+        r = smtpd_tls_facts(s->tls, &s->facts);
+        if (r < 0) {
+                session_fail(s, "TLS facts unavailable");
+                return;
+        }
+        s->tls_active = true;
+        s->manager->n_tls_sessions++;
+        s->phase = PHASE_COMMAND;
+        if (!s->greeted) {
+                s->greeted = true;
+                reply(s, "220 %s ESMTP halyard", s->manager->settings.hostname);
+        }
+        session_process(s);
+}
+
+static int session_read(Session *s) {
+        while (s->in_n < sizeof s->in) {
+                ssize_t k;
+                if (s->tls_active) {
+                        k = smtpd_tls_read(s->tls, s->in + s->in_n, sizeof s->in - s->in_n);
+                        if (k == -EAGAIN)
+                                return 0;
+                        if (k < 0 && k != -ECONNRESET)
+                                return (int) k;
+                        if (k <= 0) {
+                                s->eof = true;
+                                return 0;
+                        }
+                } else {
+                        k = recv(s->fd, s->in + s->in_n, sizeof s->in - s->in_n, MSG_DONTWAIT);
+                        if (k < 0) {
+                                if (errno == EAGAIN || errno == EINTR)
+                                        return 0;
+                                return -errno;
+                        }
+                        if (k == 0) {
+                                s->eof = true;
+                                return 0;
+                        }
+                }
+                s->in_n += (size_t) k;
+                /* In command mode, stop at a full buffer's worth; one read
+                 * per wakeup keeps sessions fair. */
+                break;
+        }
+        return 0;
+}
+
+static int on_io(sd_event_source *es, int fd, uint32_t revents, void *userdata);
+
+static int on_defer(sd_event_source *es, void *userdata) {
+        return on_io(NULL, -1, EPOLLIN, userdata);
+}
+
+static void session_update_events(Session *s) {
+        uint32_t ev = 0;
+        bool want_read = false;
+
+        if (s->phase == PHASE_TLS_HANDSHAKE) {
+                ev = smtpd_tls_wants(s->tls);
+                (void) sd_event_source_set_io_events(s->io, ev ? ev : EPOLLIN);
+                (void) sd_event_source_set_enabled(s->io, SD_EVENT_ON);
+                return;
+        }
+        if (s->out_n > 0)
+                ev |= EPOLLOUT;
+        want_read = (s->phase == PHASE_COMMAND || s->phase == PHASE_DATA || s->phase == PHASE_BDAT) &&
+                    s->in_n < sizeof s->in && s->out_n < SESSION_OUT_MAX && !s->eof;
+        if (want_read)
+                ev |= EPOLLIN;
+        (void) sd_event_source_set_io_events(s->io, ev);
+        (void) sd_event_source_set_enabled(s->io, ev ? SD_EVENT_ON : SD_EVENT_OFF);
+        if (want_read && s->tls_active && smtpd_tls_pending(s->tls) > 0) {
+                if (!s->defer && sd_event_add_defer(s->manager->event, &s->defer, on_defer, s) < 0)
+                        return;
+                (void) sd_event_source_set_enabled(s->defer, SD_EVENT_ONESHOT);
+        } else if (s->defer)
+                (void) sd_event_source_set_enabled(s->defer, SD_EVENT_OFF);
+}
+
+static void session_timer_reset(Session *s) {
+        uint64_t now;
+        (void) sd_event_now(s->manager->event, CLOCK_MONOTONIC, &now);
+        (void) sd_event_source_set_time(s->timer, now + s->manager->settings.timeout_usec);
+        (void) sd_event_source_set_enabled(s->timer, SD_EVENT_ONESHOT);
+}
+
+/* After processing: write, then act on the phase the replies led to. */
+static void session_after(Session *s) {
+        int r = session_flush(s);
+        if (r < 0) {
+                session_fail(s, "write failed");
+                return;
+        }
+        if (s->out_n == 0 && s->phase == PHASE_CLOSING) {
+                session_end(s, "closed");
+                return;
+        }
+        if (s->out_n == 0 && s->phase == PHASE_STARTTLS) {
+                r = start_tls(s);
+                if (r < 0) {
+                        session_fail(s, "TLS setup failed");
+                        return;
+                }
+                do_handshake(s);
+                return;
+        }
+        session_update_events(s);
+}
+
+static int on_io(sd_event_source *es, int fd, uint32_t revents, void *userdata) {
+        Session *s = userdata;
+
+        session_timer_reset(s);
+        if (s->phase == PHASE_TLS_HANDSHAKE) {
+                do_handshake(s);
+                return 0;
+        }
+        if (revents & EPOLLOUT) {
+                int r = session_flush(s);
+                if (r < 0) {
+                        session_fail(s, "write failed");
+                        return 0;
+                }
+        }
+        if ((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) &&
+            (s->phase == PHASE_COMMAND || s->phase == PHASE_DATA || s->phase == PHASE_BDAT)) {
+                int r = session_read(s);
+                if (r < 0) {
+                        session_fail(s, "read failed");
+                        return 0;
+                }
+                session_process(s);
+                return 0; /* session_process() may have freed s */
+        }
+        session_after(s);
+        return 0;
+}
+
+static int on_timer(sd_event_source *es, uint64_t usec, void *userdata) {
+        Session *s = userdata;
+        if (s->phase == PHASE_QUEUE) {
+                session_timer_reset(s);
+                return 0;
+        }
+        reply(s, "421 4.4.2 %s Error: timeout exceeded", s->manager->settings.hostname);
+        reject_log(s, REJECT_TIMEOUT, "idle timeout");
+        (void) session_flush(s);
+        session_end(s, "timeout");
+        return 0;
+}
+
+static unsigned count_address(Manager *m, const struct sockaddr_storage *sa) {
+        unsigned n = 0;
+        for (Session *s = m->sessions; s; s = s->next) {
+                if (s->sa.ss_family != sa->ss_family)
+                        continue;
+                if (sa->ss_family == AF_INET &&
+                    ((const struct sockaddr_in *) &s->sa)->sin_addr.s_addr == ((const struct sockaddr_in *) sa)->sin_addr.s_addr)
+                        n++;
+                else if (sa->ss_family == AF_INET6 &&
+                         memcmp(&((const struct sockaddr_in6 *) &s->sa)->sin6_addr, &((const struct sockaddr_in6 *) sa)->sin6_addr, 16) == 0)
+                        n++;
+        }
+        return n;
+}
+
+static void format_ip(const struct sockaddr_storage *sa, char *buf, size_t n) {
+        if (sa->ss_family == AF_INET)
+                inet_ntop(AF_INET, &((const struct sockaddr_in *) sa)->sin_addr, buf, n);
+        else if (sa->ss_family == AF_INET6) {
+                const struct in6_addr *a = &((const struct sockaddr_in6 *) sa)->sin6_addr;
+                if (IN6_IS_ADDR_V4MAPPED(a))
+                        inet_ntop(AF_INET, &a->s6_addr[12], buf, n);
+                else
+                        inet_ntop(AF_INET6, a, buf, n);
+        } else
+                snprintf(buf, n, "unknown");
+}
+
+/* ---- the listeners --------------------------------------------------- */
+
+static void refuse(Manager *m, int fd, const struct sockaddr_storage *sa, const char *why) {
+        char msg[300], ip[INET6_ADDRSTRLEN] = "", field[80];
+        int n = snprintf(msg, sizeof msg, "421 4.7.0 %s %s\r\n", m->settings.hostname, why);
+        (void) send(fd, msg, (size_t) MIN(n, (int) sizeof msg - 1), MSG_NOSIGNAL | MSG_DONTWAIT);
+        safe_close(fd);
+        m->rejects[REJECT_TOO_MANY_CONNECTIONS]++;
+        format_ip(sa, ip, sizeof ip);
+        snprintf(field, sizeof field, "HALYARD_CLIENT_IP=%s", ip);
+        log_event(LOG_NOTICE, LOG_MESSAGE_REJECTED, (const char *const[]){ field, "HALYARD_REJECT_REASON=too-many-connections", NULL },
+                  "Connection from %s refused: %s", ip, why);
+}
+
+static int on_accept(sd_event_source *es, int lfd, uint32_t revents, void *userdata) {
+        Listener *l = userdata;
+        Manager *m = l->manager;
+
+        for (unsigned i = 0; i < 64; i++) {
+                struct sockaddr_storage sa = {};
+                socklen_t salen = sizeof sa;
+                int fd = accept4(lfd, (struct sockaddr *) &sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0) {
+                        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                                log_warning_errno(-errno, "accept() on %s failed: %m", listener_kind_to_string(l->kind));
+                        return 0;
+                }
+                /* A v4-mapped client is matched like an IPv4 one. */
+                if (sa.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *) &sa)->sin6_addr)) {
+                        struct sockaddr_in6 a6 = *(struct sockaddr_in6 *) &sa;
+                        struct sockaddr_in *a4 = (struct sockaddr_in *) &sa;
+                        memset(&sa, 0, sizeof sa);
+                        a4->sin_family = AF_INET;
+                        a4->sin_port = a6.sin6_port;
+                        memcpy(&a4->sin_addr, &a6.sin6_addr.s6_addr[12], 4);
+                }
+                if (m->n_sessions >= m->settings.max_connections) {
+                        refuse(m, fd, &sa, "Too many connections, try again later");
+                        continue;
+                }
+                if (count_address(m, &sa) >= m->settings.max_per_address) {
+                        refuse(m, fd, &sa, "Too many connections from your address, try again later");
+                        continue;
+                }
+                Session *s = calloc(1, sizeof *s);
+                if (!s) {
+                        safe_close(fd);
+                        return 0;
+                }
+                s->manager = m;
+                s->listener = l;
+                s->fd = fd;
+                s->memfd = -1;
+                s->sa = sa;
+                format_ip(&sa, s->ip, sizeof s->ip);
+                snprintf(s->id, sizeof s->id, "%012llX", (unsigned long long) ((m->id_base + ++m->session_seq) & 0xFFFFFFFFFFFFULL));
+                s->next = m->sessions;
+                if (m->sessions)
+                        m->sessions->prev = s;
+                m->sessions = s;
+                m->n_sessions++;
+                m->n_sessions_total++;
+                l->n_open++;
+                l->n_total++;
+                int r = sd_event_add_io(m->event, &s->io, fd, EPOLLIN, on_io, s);
+                if (r >= 0)
+                        r = sd_event_add_time(m->event, &s->timer, CLOCK_MONOTONIC, UINT64_MAX, 0, on_timer, s);
+                if (r < 0) {
+                        session_free(s);
+                        continue;
+                }
+                session_timer_reset(s);
+                if (l->kind == LISTENER_SUBMISSIONS) {
+                        if (!m->tls || start_tls(s) < 0) {
+                                session_end(s, "no TLS for implicit TLS");
+                                continue;
+                        }
+                        do_handshake(s);
+                        continue;
+                }
+                s->phase = PHASE_COMMAND;
+                s->greeted = true;
+                reply(s, "220 %s ESMTP halyard", m->settings.hostname);
+                session_after(s);
+        }
+        return 0;
+}
+
+int listener_start(Manager *m, ListenerKind kind, int fd) {
+        Listener *l = &m->listeners[kind];
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+                safe_close(fd);
+                return -errno;
+        }
+        l->manager = m;
+        l->kind = kind;
+        l->fd = fd;
+        int r = sd_event_add_io(m->event, &l->source, fd, EPOLLIN, on_accept, l);
+        if (r < 0) {
+                l->fd = safe_close(fd);
+                return r;
+        }
+        return 0;
+}
+
+void listener_stop(Listener *l) {
+        l->source = sd_event_source_disable_unref(l->source);
+        l->fd = safe_close(l->fd);
+}
+
+void sessions_drain(Manager *m) {
+        for (unsigned k = 0; k < _LISTENER_MAX; k++)
+                listener_stop(&m->listeners[k]);
+        Session *next;
+        for (Session *s = m->sessions; s; s = next) {
+                next = s->next;
+                if (s->phase == PHASE_COMMAND && !s->have_mail) {
+                        reply(s, "421 4.3.2 %s Service shutting down", m->settings.hostname);
+                        s->phase = PHASE_CLOSING;
+                        session_after(s);
+                }
+        }
+        if (m->n_sessions == 0)
+                (void) daemon_exit(m->daemon, 0);
+}
+
+void sessions_free_all(Manager *m) {
+        while (m->sessions)
+                session_free(m->sessions);
+}

@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* halyard-smtpd's context: the listeners, the settings from [Smtpd], the
+ * TLS context, the open sessions and the counters GetStatus reports. One
+ * Manager per process, owned by main(). */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "smtpd-tls.h"
+#include "varlink.h"
+
+typedef enum ListenerKind {
+        LISTENER_SMTP,
+        LISTENER_SUBMISSION,
+        LISTENER_SUBMISSIONS, /* implicit TLS */
+        _LISTENER_MAX,
+} ListenerKind;
+
+typedef enum RejectReason {
+        REJECT_RELAY_DENIED,
+        REJECT_SYNTAX,
+        REJECT_BAD_SEQUENCE,
+        REJECT_TOO_MANY_RECIPIENTS,
+        REJECT_MESSAGE_TOO_LARGE,
+        REJECT_LINE_TOO_LONG,
+        REJECT_BARE_NEWLINE,
+        REJECT_TOO_MANY_ERRORS,
+        REJECT_TIMEOUT,
+        REJECT_TOO_MANY_CONNECTIONS,
+        REJECT_QUEUE_UNAVAILABLE,
+        REJECT_AUTH_REQUIRED,
+        REJECT_TLS_FAILED,
+        _REJECT_MAX,
+} RejectReason;
+
+typedef struct Manager Manager;
+typedef struct Session Session;
+
+typedef struct Listener {
+        Manager *manager;
+        ListenerKind kind;
+        int fd;
+        sd_event_source *source;
+        unsigned n_open;
+        uint64_t n_total;
+} Listener;
+
+typedef struct SmtpdSettings {
+        char *hostname;
+        char **local_domains;
+        char **relay_domains;
+        ConfigAddress *permit;
+        size_t n_permit;
+        uint64_t max_message_size;
+        unsigned max_recipients;
+        unsigned max_connections;
+        unsigned max_per_address;
+        unsigned max_errors;
+        uint64_t timeout_usec;
+        char *queue_address;
+} SmtpdSettings;
+
+struct Manager {
+        sd_event *event;
+        Daemon *daemon;
+        const char *config_path;
+        SmtpdSettings settings;
+        SmtpdTlsContext *tls;
+        VarlinkServer *varlink;
+        Listener listeners[_LISTENER_MAX];
+
+        Session *sessions;
+        unsigned n_sessions;
+        uint64_t session_seq;
+        uint64_t id_base;
+
+        uint64_t n_sessions_total;
+        uint64_t n_tls_sessions;
+        uint64_t n_accepted;
+        uint64_t rejects[_REJECT_MAX];
+};
+
+const char *listener_kind_to_string(ListenerKind k);
+const char *reject_reason_to_string(RejectReason r);
+
+/* smtpd-session.c */
+int listener_start(Manager *m, ListenerKind kind, int fd);
+void listener_stop(Listener *l);
+void sessions_drain(Manager *m);
+void sessions_free_all(Manager *m);
+
+/* smtpd-varlink.c */
+int smtpd_varlink_setup(Manager *m);

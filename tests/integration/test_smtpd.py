@@ -1,0 +1,382 @@
+#!/usr/bin/python3
+"""halyard-smtpd against real clients (Python smtplib, swaks, raw sockets),
+handing messages to a real halyard-queued under systemd-socket-activate:
+plain and STARTTLS sends with a Received: header, pipelining, relay
+control, SMTP smuggling, plaintext injection after STARTTLS, limits, the
+queue being down, and connections per address."""
+
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+import unittest
+
+import harness
+from harness import BUILD_ROOT, VarlinkConn, wait_until
+from smtp_peers import free_port
+from test_queued import Queued
+
+SMTPD = BUILD_ROOT / "services" / "smtpd" / "halyard-smtpd"
+
+BASE_CONFIG = """[Smtpd]
+HostName=mx.halyard.test
+LocalDomains=example.org
+RelayDomains=relay.example
+MaxMessageSize=100K
+MaxRecipients=5
+Timeout=30s
+"""
+
+
+class Smtpd:
+    def __init__(self, tmp, queue_socket, config=BASE_CONFIG, name="smtpd"):
+        self.tmp = tmp
+        self.name = name
+        self.port = free_port()
+        self.varlink = tmp / ("io.halyard.Smtpd-" + name)
+        self.config = tmp / (name + ".conf")
+        self.config.write_text(config + "Queue=unix:%s\n" % queue_socket)
+        self.creds = tmp / "creds"
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ)
+        for k in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM"):
+            env.pop(k, None)
+        env["HALYARD_CONFIG"] = str(self.config)
+        env["CREDENTIALS_DIRECTORY"] = str(self.creds)
+        argv = [str(SMTPD), "--listen-smtp=127.0.0.1:%d" % self.port, "--listen-varlink=unix:%s" % self.varlink]
+        self.stderr = open(self.tmp / (self.name + ".stderr"), "ab")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr, env=env, start_new_session=True)
+        harness._live_processes.append(self.proc)
+        wait_until(lambda: self.proc.poll() is not None or harness.connectable(self.varlink), 10, what="smtpd")
+        if self.proc.poll() is not None:
+            raise RuntimeError("smtpd exited: " + self.log())
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+    def log(self):
+        return (self.tmp / (self.name + ".stderr")).read_text(errors="replace")
+
+    def status(self):
+        with VarlinkConn(str(self.varlink)) as c:
+            r = c.call("io.halyard.Smtpd.GetStatus", {})
+        assert "error" not in r, r
+        return r["parameters"]
+
+
+class Raw:
+    """A raw SMTP connection for what smtplib will not do."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def reply(self):
+        """One complete (possibly multi-line) reply as bytes."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                d = self.sock.recv(65536)
+                if not d:
+                    raise EOFError("EOF after %r" % lines)
+                self.buf += d
+            line, _, self.buf = self.buf.partition(b"\r\n")
+            lines.append(line)
+            if len(line) < 4 or line[3:4] != b"-":
+                return b"\r\n".join(lines)
+
+    def nothing_more(self, wait=0.3):
+        self.sock.settimeout(wait)
+        try:
+            d = self.sock.recv(65536)
+        except socket.timeout:
+            d = None
+        finally:
+            self.sock.settimeout(10)
+        return not self.buf and d is None
+
+    def close(self):
+        self.sock.close()
+
+
+MESSAGE = "From: a@client.test\r\nTo: bob@example.org\r\nSubject: test\r\n\r\nhello %s\r\n"
+
+
+class SmtpdTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = harness.TempDir()
+        creds = cls.tmp / "creds"
+        os.makedirs(creds, exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "2", "-subj", "/CN=mx.halyard.test",
+                        "-addext", "subjectAltName=DNS:mx.halyard.test",
+                        "-keyout", str(creds / "smtpd-tls.key"), "-out", str(creds / "smtpd-tls.crt")],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cls.q = Queued(cls.tmp).start()
+        cls.smtpd = Smtpd(cls.tmp, cls.q.socket).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.smtpd.stop()
+        if cls.q.proc.poll() is None:
+            cls.q.kill()
+        cls.tmp.cleanup()
+
+    def spool_with(self, marker):
+        marker = marker.encode()
+        return [p.read_bytes() for p in self.q.spool.rglob("*") if p.is_file() and marker in p.read_bytes()]
+
+    def queue_senders(self):
+        with self.q.conn() as c:
+            c.send("io.halyard.Queue.List", {}, more=True)
+            out = []
+            while True:
+                r = c.recv()
+                self.assertNotIn("error", r, r)
+                if "message" in r["parameters"]:
+                    out.append(r["parameters"]["message"])
+                if not r.get("continues"):
+                    return out
+
+    def test_smtplib_plain(self):
+        with smtplib.SMTP("127.0.0.1", self.smtpd.port, timeout=10) as s:
+            code, ehlo = s.ehlo("client.test")
+            self.assertEqual(code, 250)
+            for ext in (b"PIPELINING", b"SIZE 102400", b"8BITMIME", b"SMTPUTF8", b"ENHANCEDSTATUSCODES",
+                        b"STARTTLS", b"CHUNKING", b"DSN"):
+                self.assertIn(ext, ehlo)
+            s.mail("alice@client.test")
+            s.rcpt("bob@example.org")
+            code, resp = s.data(MESSAGE % "plain")
+            self.assertEqual(code, 250, resp)
+            self.assertRegex(resp.decode(), r"^2\.0\.0 Ok: queued as [0-9A-Z]+$")
+            qid = resp.decode().split()[-1]
+        msgs = self.spool_with("hello plain")
+        self.assertEqual(len(msgs), 1)
+        self.assertTrue(msgs[0].startswith(b"Received: from client.test (127.0.0.1 [127.0.0.1])\r\n"
+                                           b"\tby mx.halyard.test (halyard) with ESMTP id "), msgs[0][:200])
+        ids = [m["queueId"] for m in self.queue_senders()]
+        self.assertIn(qid, ids)
+        self.assertIn("accepted from 127.0.0.1", self.smtpd.log())
+
+    def test_swaks(self):
+        r = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(self.smtpd.port), "--from", "s@client.test",
+                            "--to", "carol@example.org", "--helo", "swaks.test", "--body", "hello swaks",
+                            "--pipeline"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("250 2.0.0 Ok: queued as", r.stdout)
+        self.assertEqual(len(self.spool_with("hello swaks")), 1)
+
+    def test_starttls(self):
+        ctx = ssl.create_default_context(cafile=str(self.tmp / "creds" / "smtpd-tls.crt"))
+        with smtplib.SMTP("127.0.0.1", self.smtpd.port, timeout=10) as s:
+            s.ehlo("tls.test")
+            s._host = "mx.halyard.test"  # the name smtplib checks the certificate for
+            self.assertEqual(s.starttls(context=ctx)[0], 220)
+            code, ehlo = s.ehlo("tls.test")
+            self.assertNotIn(b"STARTTLS", ehlo)
+            s.sendmail("alice@client.test", ["bob@example.org"], MESSAGE % "starttls")
+        msgs = self.spool_with("hello starttls")
+        self.assertEqual(len(msgs), 1)
+        self.assertIn(b" with ESMTPS id ", msgs[0])
+        self.assertRegex(msgs[0].decode(), r"\(version=TLS1\.[23] cipher=[A-Z0-9-]+\)")
+
+    def test_pipelining(self):
+        c = Raw(self.smtpd.port)
+        self.assertTrue(c.reply().startswith(b"220 "))
+        c.send(b"EHLO pipe.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\n"
+               b"RCPT TO:<c@example.org>\r\nDATA\r\n")
+        self.assertTrue(c.reply().startswith(b"250-mx.halyard.test"))
+        self.assertEqual(c.reply(), b"250 2.1.0 Ok")
+        self.assertEqual(c.reply(), b"250 2.1.5 Ok")
+        self.assertEqual(c.reply(), b"250 2.1.5 Ok")
+        self.assertTrue(c.reply().startswith(b"354 "))
+        c.send(b"Subject: pipe\r\n\r\nhello pipelined\r\n.\r\nNOOP\r\nQUIT\r\n")
+        self.assertTrue(c.reply().startswith(b"250 2.0.0 Ok: queued as "))
+        self.assertEqual(c.reply(), b"250 2.0.0 Ok")
+        self.assertTrue(c.reply().startswith(b"221 "))
+        c.close()
+        self.assertEqual(len(self.spool_with("hello pipelined")), 1)
+
+    def test_relay_denied(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"EHLO relay.test\r\n")
+        c.reply()
+        c.send(b"MAIL FROM:<a@client.test>\r\n")
+        c.reply()
+        c.send(b"RCPT TO:<victim@foreign.example>\r\n")
+        self.assertEqual(c.reply(), b"554 5.7.1 Relay access denied")
+        c.send(b"RCPT TO:<ok@relay.example>\r\n")
+        self.assertEqual(c.reply(), b"250 2.1.5 Ok")
+        c.send(b"RCPT TO:<postmaster>\r\n")
+        self.assertEqual(c.reply(), b"250 2.1.5 Ok")
+        c.close()
+        rejects = {r["reason"]: r["count"] for r in self.smtpd.status()["rejects"]}
+        self.assertGreaterEqual(rejects["relay-denied"], 1)
+
+    def test_relay_permitted_network(self):
+        other = Smtpd(self.tmp, self.q.socket, BASE_CONFIG + "PermitNetworks=127.0.0.0/8\n", name="permit").start()
+        try:
+            with smtplib.SMTP("127.0.0.1", other.port, timeout=10) as s:
+                s.ehlo("inside.test")
+                s.sendmail("a@client.test", ["someone@foreign.example"], MESSAGE % "permitted relay")
+        finally:
+            other.stop()
+        self.assertEqual(len(self.spool_with("hello permitted relay")), 1)
+
+    def test_smuggling(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"EHLO smuggle.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        for _ in range(4):
+            c.reply()
+        c.send(b"Subject: smuggle\r\n\r\nsmuggle-one\n.\nMAIL FROM:<evil@client.test>\r\n"
+               b"smuggle-two\r.\rRCPT TO:<x@example.org>\r\n.\r\n")
+        # One reply for the whole thing: the bare LF/CR dots did not end the
+        # data and nothing inside was executed. Default rule: refused.
+        self.assertTrue(c.reply().startswith(b"550 5.6.11 "))
+        self.assertTrue(c.nothing_more())
+        c.send(b"NOOP\r\n")
+        self.assertEqual(c.reply(), b"250 2.0.0 Ok")
+        c.close()
+        self.assertEqual(self.spool_with("smuggle-one"), [])
+
+    def test_starttls_injection(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"EHLO inject.test\r\n")
+        c.reply()
+        c.send(b"STARTTLS\r\nNOOP\r\n")
+        self.assertEqual(c.reply(), b"220 2.0.0 Ready to start TLS")
+        self.assertTrue(c.nothing_more())
+        ctx = ssl.create_default_context(cafile=str(self.tmp / "creds" / "smtpd-tls.crt"))
+        tls = ctx.wrap_socket(c.sock, server_hostname="mx.halyard.test")
+        tls.sendall(b"NOOP\r\n")
+        data = b""
+        while not data.endswith(b"\r\n"):
+            data += tls.recv(4096)
+        # The only reply is the one to the NOOP sent inside TLS.
+        self.assertEqual(data, b"250 2.0.0 Ok\r\n")
+        # And the EHLO state was reset: MAIL needs a new EHLO.
+        tls.sendall(b"MAIL FROM:<a@client.test>\r\n")
+        data = b""
+        while not data.endswith(b"\r\n"):
+            data += tls.recv(4096)
+        self.assertTrue(data.startswith(b"503 5.5.1"), data)
+        tls.close()
+
+    def test_line_too_long(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"EHLO long.test\r\nNOOP " + b"x" * 600 + b"\r\nNOOP\r\n")
+        c.reply()
+        self.assertTrue(c.reply().startswith(b"500 5.5.6"))
+        self.assertEqual(c.reply(), b"250 2.0.0 Ok")
+        c.close()
+
+    def test_message_too_large(self):
+        with smtplib.SMTP("127.0.0.1", self.smtpd.port, timeout=10) as s:
+            s.ehlo("big.test")
+            code, resp = s.mail("a@client.test", ["SIZE=200000"])
+            self.assertEqual((code, resp[:5]), (552, b"5.3.4"))
+            s.mail("a@client.test")
+            s.rcpt("b@example.org")
+            code, resp = s.data(MESSAGE % ("x" * 70 + "\r\n") * 2000)
+            self.assertEqual((code, resp[:5]), (552, b"5.3.4"))
+
+    def test_too_many_recipients(self):
+        with smtplib.SMTP("127.0.0.1", self.smtpd.port, timeout=10) as s:
+            s.ehlo("many.test")
+            s.mail("a@client.test")
+            for i in range(5):
+                self.assertEqual(s.rcpt("r%d@example.org" % i)[0], 250)
+            code, resp = s.rcpt("r6@example.org")
+            self.assertEqual((code, resp[:5]), (452, b"4.5.3"))
+
+    def test_out_of_order(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"EHLO order.test\r\nDATA\r\nRCPT TO:<b@example.org>\r\n")
+        c.reply()
+        self.assertTrue(c.reply().startswith(b"503 5.5.1"))
+        self.assertTrue(c.reply().startswith(b"503 5.5.1"))
+        c.close()
+
+    def test_too_many_errors(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"BOGUS\r\n" * 10)
+        for _ in range(10):
+            self.assertTrue(c.reply().startswith(b"500 5.5.2"))
+        self.assertTrue(c.reply().startswith(b"421 4.7.0"))
+        with self.assertRaises(EOFError):
+            c.reply()
+        c.close()
+
+    def test_connections_per_address(self):
+        other = Smtpd(self.tmp, self.q.socket, BASE_CONFIG + "MaxConnectionsPerAddress=3\n", name="perip").start()
+        try:
+            conns = [Raw(other.port) for _ in range(3)]
+            for c in conns:
+                self.assertTrue(c.reply().startswith(b"220 "))
+            extra = Raw(other.port)
+            self.assertTrue(extra.reply().startswith(b"421 4.7.0"))
+            with self.assertRaises(EOFError):
+                extra.reply()
+            extra.close()
+            for c in conns:
+                c.close()
+            rejects = {r["reason"]: r["count"] for r in other.status()["rejects"]}
+            self.assertEqual(rejects["too-many-connections"], 1)
+        finally:
+            other.stop()
+
+    def test_status(self):
+        st = self.smtpd.status()
+        self.assertEqual([l["listener"] for l in st["listeners"]], ["smtp", "submission", "submissions"])
+        self.assertIn("messagesAccepted", st)
+        self.assertIsInstance(st["tlsShare"], float)
+
+
+class QueueDownTest(unittest.TestCase):
+    def test_queue_down(self):
+        tmp = harness.TempDir()
+        try:
+            smtpd = Smtpd(tmp, tmp / "no-such-queue").start()
+            try:
+                with smtplib.SMTP("127.0.0.1", smtpd.port, timeout=10) as s:
+                    s.ehlo("down.test")
+                    s.mail("a@client.test")
+                    s.rcpt("b@example.org")
+                    code, resp = s.data(MESSAGE % "down")
+                    self.assertEqual((code, resp[:5]), (451, b"4.3.0"))
+                    self.assertNotIn(b"queued", resp)
+                    # The session goes on.
+                    self.assertEqual(s.noop()[0], 250)
+            finally:
+                smtpd.stop()
+        finally:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main()
