@@ -70,8 +70,10 @@ static bool is_crypt64(char ch) {
                ch == '.' || ch == '/';
 }
 
-static bool startswith(const char *s, const char *prefix) {
-        return strncmp(s, prefix, strlen(prefix)) == 0;
+/* s[0..n) is not NUL-terminated: compare within its length only. */
+static bool startswith_n(const char *s, size_t n, const char *prefix) {
+        size_t l = strlen(prefix);
+        return n >= l && memcmp(s, prefix, l) == 0;
 }
 
 /* 1: usable, 0: skipped with a warning, -1: error (reported). */
@@ -91,7 +93,7 @@ static int check_hash(ParseCtx *c, unsigned line, const char *h, size_t n) {
                 diag(c, AUTH_LOG_WARNING, line, "locked entry, skipped");
                 return 0;
         }
-        if (startswith(h, "$1$")) {
+        if (startswith_n(h, n, "$1$")) {
                 diag(c, AUTH_LOG_WARNING, line, "MD5 ($1$) hash refused as too weak, entry skipped");
                 return 0;
         }
@@ -105,8 +107,7 @@ static int check_hash(ParseCtx *c, unsigned line, const char *h, size_t n) {
                 }
         }
         for (size_t i = 0; i < ELEMENTSOF(good); i++) {
-                size_t l = strlen(good[i]);
-                if (n > l + 1 && strncmp(h, good[i], l) == 0)
+                if (n > strlen(good[i]) + 1 && startswith_n(h, n, good[i]))
                         return 1;
         }
         diag(c, AUTH_LOG_ERROR, line, "unknown or unsupported password hash scheme");
@@ -183,7 +184,10 @@ int auth_passwd_parse(const char *name, const char *buf, size_t size,
                 }
                 if (n > 0 && l[0] == '#')
                         continue;
-                if (strspn(l, " \t") >= n)
+                size_t blank = 0;
+                while (blank < n && (l[blank] == ' ' || l[blank] == '\t'))
+                        blank++;
+                if (blank == n)
                         continue;
                 colon = memchr(l, ':', n);
                 if (!colon) {
