@@ -22,6 +22,7 @@
 #define DEFAULT_QUEUE_ADDRESS "unix:/run/halyard/io.halyard.Queue"
 #define DEFAULT_TLS_CERTIFICATE "smtpd-tls.crt"
 #define DEFAULT_TLS_KEY "smtpd-tls.key"
+#define DEFAULT_PASSWORD_FILE "smtpd-passwd"
 
 static const ConfigKey smtpd_config_keys[] = {
         { "Smtpd", "HostName", CONFIG_STRING },
@@ -34,6 +35,16 @@ static const ConfigKey smtpd_config_keys[] = {
         { "Smtpd", "MaxConnectionsPerAddress", CONFIG_UINT },
         { "Smtpd", "MaxErrors", CONFIG_UINT },
         { "Smtpd", "Timeout", CONFIG_DURATION },
+        { "Smtpd", "SessionTimeout", CONFIG_DURATION },
+        { "Smtpd", "MaxCommands", CONFIG_UINT },
+        /* A credential name: "user:crypt-hash" lines. */
+        { "Smtpd", "AuthPasswordFile", CONFIG_STRING },
+        { "Smtpd", "AuthPlaintext", CONFIG_BOOL },
+        { "Smtpd", "AuthMaxFailures", CONFIG_UINT },
+        { "Smtpd", "AuthFailureWindow", CONFIG_DURATION },
+        { "Smtpd", "ReceivedAuthUser", CONFIG_BOOL },
+        /* A credential name: PEM CAs; client certificates are then asked for. */
+        { "Smtpd", "TLSClientCA", CONFIG_STRING },
         /* Credential names (no paths), pairwise: the n-th key is the n-th
          * certificate's. */
         { "Smtpd", "TLSCertificates", CONFIG_LIST },
@@ -60,7 +71,8 @@ static void tls_warn(const char *message, void *userdata) {
  * credential names, when present). *ret stays NULL when none is there. */
 static int load_tls(Config *c, SmtpdTlsContext **ret) {
         _cleanup_(config_strv_freep) char **certs = NULL, **keys = NULL;
-        const char *priority = NULL;
+        _cleanup_free_ char *client_ca = NULL;
+        const char *priority = NULL, *ca_name = NULL;
         bool explicit = config_get_list(c, "Smtpd", "TLSCertificates", &certs) >= 0;
         (void) config_get_list(c, "Smtpd", "TLSKeys", &keys);
         (void) config_get_string(c, "Smtpd", "TLSPriority", &priority);
@@ -104,8 +116,16 @@ static int load_tls(Config *c, SmtpdTlsContext **ret) {
                 }
                 np = n;
         }
+        if (config_get_string(c, "Smtpd", "TLSClientCA", &ca_name) >= 0 && *ca_name) {
+                r = daemon_credential_path(ca_name, &client_ca);
+                if (r < 0) {
+                        log_error_errno(r, "TLS client CA credential %s: %m", ca_name);
+                        goto out;
+                }
+        }
         if (np > 0) {
-                SmtpdTlsConfig tc = { .pairs = pairs, .n_pairs = np, .priority = priority, .warn = tls_warn };
+                SmtpdTlsConfig tc = { .pairs = pairs, .n_pairs = np, .priority = priority, .warn = tls_warn,
+                                      .request_client_cert = client_ca != NULL, .client_ca_file = client_ca };
                 char err[512] = "";
                 r = smtpd_tls_context_new(&tc, ret, err, sizeof err);
                 if (r < 0)
@@ -117,10 +137,41 @@ out:
         return r;
 }
 
+static void passwd_log(AuthLogLevel level, const char *msg, void *userdata) {
+        if (level == AUTH_LOG_ERROR)
+                log_error("%s", msg);
+        else
+                log_warning("%s", msg);
+}
+
+/* The password file credential: the configured one must exist; the default
+ * name is optional. *ret stays NULL without one. */
+static int load_passwd(Config *c, AuthPasswd **ret) {
+        const char *name = NULL;
+        bool explicit = config_get_string(c, "Smtpd", "AuthPasswordFile", &name) >= 0 && *name;
+        char *buf = NULL;
+        size_t size = 0;
+        int r = daemon_read_credential(explicit ? name : DEFAULT_PASSWORD_FILE, AUTH_PASSWD_SIZE_MAX, &buf, &size);
+        if (r < 0) {
+                *ret = NULL;
+                if (!explicit && (r == -ENOENT || r == -ENXIO))
+                        return 0;
+                return log_error_errno(r, "Password file credential %s: %m", explicit ? name : DEFAULT_PASSWORD_FILE);
+        }
+        r = auth_passwd_parse(explicit ? name : DEFAULT_PASSWORD_FILE, buf, size, passwd_log, NULL, ret);
+        explicit_bzero(buf, size);
+        free(buf);
+        if (r < 0)
+                return log_error_errno(r, "Password file credential %s refused", explicit ? name : DEFAULT_PASSWORD_FILE);
+        return 0;
+}
+
 static int load_config(Manager *m, bool check) {
         Config *c = NULL;
         SmtpdSettings n = {};
         SmtpdTlsContext *tls = NULL;
+        AuthPasswd *passwd = NULL;
+        bool b;
         uint64_t v;
         const char *str;
 
@@ -146,9 +197,19 @@ static int load_config(Manager *m, bool check) {
         n.max_connections = config_get_uint(c, "Smtpd", "MaxConnections", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 1000000U) : 10000;
         n.max_per_address = config_get_uint(c, "Smtpd", "MaxConnectionsPerAddress", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 1000000U) : 50;
         n.max_errors = config_get_uint(c, "Smtpd", "MaxErrors", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 10000U) : 10;
+        n.max_commands = config_get_uint(c, "Smtpd", "MaxCommands", &v) >= 0 && v > 0 ? (unsigned) MIN(v, 10000000U) : 10000;
         n.timeout_usec = 300ULL * 1000000ULL;
         if (config_get_duration(c, "Smtpd", "Timeout", &v) >= 0 && v >= 1000000ULL)
                 n.timeout_usec = v;
+        n.session_timeout_usec = 3600ULL * 1000000ULL;
+        if (config_get_duration(c, "Smtpd", "SessionTimeout", &v) >= 0 && v >= 1000000ULL)
+                n.session_timeout_usec = v;
+        n.auth_plaintext = config_get_bool(c, "Smtpd", "AuthPlaintext", &b) >= 0 && b;
+        n.received_auth_user = config_get_bool(c, "Smtpd", "ReceivedAuthUser", &b) >= 0 && b;
+        if (config_get_uint(c, "Smtpd", "AuthMaxFailures", &v) >= 0 && v > 0)
+                n.auth_throttle.max_failures = (unsigned) MIN(v, 100000U);
+        if (config_get_duration(c, "Smtpd", "AuthFailureWindow", &v) >= 0 && v >= 1000000ULL)
+                n.auth_throttle.window_usec = v;
         n.queue_address = strdup(config_get_string(c, "Smtpd", "Queue", &str) >= 0 && *str ? str : DEFAULT_QUEUE_ADDRESS);
         if (!n.hostname || !n.queue_address) {
                 r = -ENOMEM;
@@ -157,15 +218,36 @@ static int load_config(Manager *m, bool check) {
         r = load_tls(c, &tls);
         if (r < 0)
                 goto out;
+        n.tls_client_ca = config_get_string(c, "Smtpd", "TLSClientCA", &str) >= 0 && *str;
+        if (n.tls_client_ca && !tls) {
+                r = log_error_errno(-EINVAL, "TLSClientCA= needs a TLS certificate");
+                goto out;
+        }
+        r = load_passwd(c, &passwd);
+        if (r < 0)
+                goto out;
         if (!check) {
+                /* A new throttle only when its settings changed: a reload must
+                 * not forgive the failures counted so far. */
+                if (!m->auth_throttle || memcmp(&n.auth_throttle, &m->settings.auth_throttle, sizeof n.auth_throttle) != 0) {
+                        AuthThrottle *t = NULL;
+                        r = auth_throttle_new(&n.auth_throttle, NULL, NULL, &t);
+                        if (r < 0)
+                                goto out;
+                        auth_throttle_free(m->auth_throttle);
+                        m->auth_throttle = t;
+                }
                 settings_done(&m->settings);
                 m->settings = n;
                 n = (SmtpdSettings) {};
                 smtpd_tls_context_unref(m->tls);
                 m->tls = TAKE_PTR(tls);
+                auth_passwd_free(m->passwd);
+                m->passwd = TAKE_PTR(passwd);
         }
 out:
         settings_done(&n);
+        auth_passwd_free(passwd);
         smtpd_tls_context_unref(tls);
         config_free(c);
         return r;
@@ -184,7 +266,8 @@ static void on_drain(Daemon *d, void *userdata) {
 
 static int on_status(Daemon *d, char *buf, size_t n, void *userdata) {
         Manager *m = userdata;
-        snprintf(buf, n, "%u sessions, %llu messages accepted", m->n_sessions, (unsigned long long) m->n_accepted);
+        snprintf(buf, n, "%u sessions, %llu messages accepted", m->n_sessions,
+                 (unsigned long long) m->stats.total.v[COUNT_ACCEPTED]);
         return 0;
 }
 
@@ -246,6 +329,9 @@ static void manager_free(Manager *m) {
         for (unsigned k = 0; k < _LISTENER_MAX; k++)
                 listener_stop(&m->listeners[k]);
         varlink_server_free(m->varlink);
+        auth_verifier_free(m->verifier);
+        auth_throttle_free(m->auth_throttle);
+        auth_passwd_free(m->passwd);
         smtpd_tls_context_unref(m->tls);
         settings_done(&m->settings);
         daemon_free(m->daemon);
@@ -309,6 +395,9 @@ int main(int argc, char **argv) {
         r = sd_event_default(&m.event);
         if (r < 0)
                 return log_error_errno(r, "Failed to allocate event loop: %m"), 1;
+        r = auth_verifier_new(m.event, 2, 0, &m.verifier);
+        if (r < 0)
+                return log_error_errno(r, "Failed to start the password verifier: %m"), 1;
         r = smtpd_varlink_setup(&m);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up varlink: %m"), 1;

@@ -35,6 +35,8 @@ typedef enum SessionPhase {
         PHASE_DATA,
         PHASE_BDAT,
         PHASE_QUEUE,         /* waiting for Enqueue's answer */
+        PHASE_AUTH,          /* a 334 challenge is out: the next line is the answer */
+        PHASE_AUTH_WAIT,     /* password being verified, or the failure delay */
         PHASE_STARTTLS,      /* 220 Ready being flushed; input is not read */
         PHASE_CLOSING,       /* last reply being flushed */
 } SessionPhase;
@@ -68,7 +70,15 @@ struct Session {
         bool ehlo;
         bool greeted;
         unsigned errors;
+        unsigned n_commands;
         unsigned n_messages;
+        uint64_t started_usec;
+
+        /* AUTH */
+        char auth_user[AUTH_USER_MAX + 1]; /* "" until authenticated */
+        AuthSasl sasl;
+        AuthVerifyRequest *auth_req;
+        sd_event_source *auth_delay;
 
         /* The transaction. */
         bool have_mail;
@@ -91,8 +101,23 @@ const char *reject_reason_to_string(RejectReason r) {
                 "relay-denied", "syntax", "bad-sequence", "too-many-recipients",
                 "message-too-large", "line-too-long", "bare-newline", "too-many-errors",
                 "timeout", "too-many-connections", "queue-unavailable", "auth-required", "tls-failed",
+                "auth-failed", "too-many-commands",
         };
         return r < _REJECT_MAX ? t[r] : NULL;
+}
+
+static uint64_t now_usec(Manager *m) {
+        uint64_t now;
+        if (sd_event_now(m->event, CLOCK_MONOTONIC, &now) < 0) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                now = (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
+        }
+        return now;
+}
+
+void manager_count(Manager *m, unsigned what) {
+        smtpd_stats_add(&m->stats, now_usec(m) / 1000000ULL, what);
 }
 
 static void session_process(Session *s);
@@ -109,6 +134,10 @@ static void session_free(Session *s) {
                 varlink_close(q); /* its callback sees s->queue == NULL */
                 varlink_unref(q);
         }
+        if (s->auth_req)
+                auth_verify_cancel(m->verifier, s->auth_req);
+        auth_sasl_clear(&s->sasl);
+        sd_event_source_disable_unref(s->auth_delay);
         if (s->prev)
                 s->prev->next = s->next;
         else
@@ -134,13 +163,15 @@ static void session_free(Session *s) {
 
 static void session_end(Session *s, const char *why) {
         const char *tls = s->tls_active ? s->facts.version : "none";
-        char fields[5][600];
+        char fields[6][600];
         snprintf(fields[0], sizeof fields[0], "HALYARD_CLIENT_IP=%s", s->ip);
         snprintf(fields[1], sizeof fields[1], "HALYARD_HELO=%s", s->helo);
         snprintf(fields[2], sizeof fields[2], "HALYARD_TLS_VERSION=%s", tls ? tls : "none");
         snprintf(fields[3], sizeof fields[3], "HALYARD_SESSION_ID=%s", s->id);
         snprintf(fields[4], sizeof fields[4], "HALYARD_LISTENER=%s", listener_kind_to_string(s->listener->kind));
-        log_full(LOG_INFO, 0, (const char *const[]){ fields[0], fields[1], fields[2], fields[3], fields[4], NULL },
+        snprintf(fields[5], sizeof fields[5], "HALYARD_AUTH_USER=%s", s->auth_user);
+        log_full(LOG_INFO, 0, (const char *const[]){ fields[0], fields[1], fields[2], fields[3], fields[4],
+                                                    s->auth_user[0] ? fields[5] : NULL, NULL },
                  "%s: session from %s (helo %s) ended: %s, %u messages", s->id, s->ip,
                  s->helo[0] ? s->helo : "-", why, s->n_messages);
         session_free(s);
@@ -177,7 +208,7 @@ static void reply(Session *s, const char *format, ...) {
 
 static void reject_log(Session *s, RejectReason reason, const char *what) {
         char ip[80], reasonf[80], id[60];
-        s->manager->rejects[reason]++;
+        manager_count(s->manager, COUNT_REJECT_FIRST + reason);
         snprintf(ip, sizeof ip, "HALYARD_CLIENT_IP=%s", s->ip);
         snprintf(reasonf, sizeof reasonf, "HALYARD_REJECT_REASON=%s", reject_reason_to_string(reason));
         snprintf(id, sizeof id, "HALYARD_SESSION_ID=%s", s->id);
@@ -247,6 +278,11 @@ static bool client_permitted(Session *s) {
         return false;
 }
 
+/* May relay and use submission: authenticated, or from a permitted network. */
+static bool client_trusted(Session *s) {
+        return s->auth_user[0] || client_permitted(s);
+}
+
 static int memfd_sink(const void *p, size_t n, void *userdata) {
         Session *s = userdata;
         const char *q = p;
@@ -263,9 +299,19 @@ static int memfd_sink(const void *p, size_t n, void *userdata) {
         return 0;
 }
 
+/* For a header comment: no parentheses, backslashes or control octets. */
+static void comment_safe(char *out, size_t n, const char *in) {
+        size_t i = 0;
+        for (; in[i] && i + 1 < n; i++) {
+                unsigned char ch = (unsigned char) in[i];
+                out[i] = ch < 0x20 || ch > 0x7e || ch == '(' || ch == ')' || ch == '\\' ? '?' : (char) ch;
+        }
+        out[i] = 0;
+}
+
 static int write_received(Session *s) {
         const SmtpdSettings *c = &s->manager->settings;
-        char date[64], tlsinfo[200] = "";
+        char date[64], tlsinfo[200] = "", authinfo[AUTH_USER_MAX + 40] = "";
         struct tm tm;
         time_t now = time(NULL);
         localtime_r(&now, &tm);
@@ -273,14 +319,20 @@ static int write_received(Session *s) {
         if (s->tls_active)
                 snprintf(tlsinfo, sizeof tlsinfo, "\r\n\t(version=%s cipher=%s)",
                          s->facts.version ? s->facts.version : "unknown", s->facts.cipher ? s->facts.cipher : "unknown");
+        if (s->auth_user[0] && c->received_auth_user) {
+                char user[AUTH_USER_MAX + 1];
+                comment_safe(user, sizeof user, s->auth_user);
+                snprintf(authinfo, sizeof authinfo, "\r\n\t(authenticated user %s)", user);
+        }
+        /* RFC 3848: ESMTPA / ESMTPSA once authenticated. */
         char *h = NULL;
         int n = asprintf(&h,
                          "Received: from %s (%s [%s])\r\n"
-                         "\tby %s (halyard) with %s%s id %s-%u%s;\r\n"
+                         "\tby %s (halyard) with %s%s%s id %s-%u%s%s;\r\n"
                          "\t%s\r\n",
                          s->helo, s->ip, s->ip, c->hostname,
-                         s->ehlo ? "ESMTP" : "SMTP", s->tls_active ? "S" : "", s->id, s->n_messages + 1,
-                         tlsinfo, date);
+                         s->ehlo ? "ESMTP" : "SMTP", s->tls_active ? "S" : "", s->auth_user[0] ? "A" : "",
+                         s->id, s->n_messages + 1, tlsinfo, authinfo, date);
         if (n < 0)
                 return -ENOMEM;
         int r = memfd_sink(h, (size_t) n, s);
@@ -338,7 +390,7 @@ static int on_enqueue_reply(Varlink *link, json_object *parameters, const char *
                 Manager *m = s->manager;
                 char f[6][600];
                 s->n_messages++;
-                m->n_accepted++;
+                manager_count(m, COUNT_ACCEPTED);
                 reply(s, "250 2.0.0 Ok: queued as %s", id);
                 snprintf(f[0], sizeof f[0], "HALYARD_QUEUE_ID=%s", id);
                 snprintf(f[1], sizeof f[1], "HALYARD_CLIENT_IP=%s", s->ip);
@@ -401,6 +453,8 @@ static void message_enqueue(Session *s) {
         json_object_object_add(client, "helo", json_object_new_string(s->helo));
         if (s->tls_active && s->facts.description)
                 json_object_object_add(client, "tls", json_object_new_string(s->facts.description));
+        if (s->auth_user[0])
+                json_object_object_add(client, "authUser", json_object_new_string(s->auth_user));
         json_object_object_add(p, "client", client);
         s->queue = q;
         r = varlink_invoke(q, "io.halyard.Queue.Enqueue", p, 0, on_enqueue_reply, s);
@@ -429,6 +483,185 @@ static void message_end(Session *s) {
         message_enqueue(s);
 }
 
+/* ---- AUTH ------------------------------------------------------------ */
+
+static unsigned auth_flags(Session *s) {
+        unsigned f = 0;
+        if (s->tls_active)
+                f |= AUTH_SASL_TLS;
+        if (s->manager->settings.auth_plaintext)
+                f |= AUTH_SASL_ALLOW_PLAINTEXT;
+        if (s->tls_active && s->facts.peer == SMTPD_TLS_PEER_VERIFIED)
+                f |= AUTH_SASL_CLIENT_CERT;
+        return f;
+}
+
+/* The mechanisms EHLO offers now, or NULL. */
+static const char *auth_offer(Session *s) {
+        unsigned f = auth_flags(s);
+        if (!s->manager->passwd)
+                f &= ~(AUTH_SASL_TLS | AUTH_SASL_ALLOW_PLAINTEXT);
+        return auth_ehlo_mechanisms(f);
+}
+
+static void auth_log(Session *s, int priority, const char *user, const char *what) {
+        char ip[80], u[AUTH_USER_MAX + 40], id[60];
+        snprintf(ip, sizeof ip, "HALYARD_CLIENT_IP=%s", s->ip);
+        snprintf(u, sizeof u, "HALYARD_AUTH_USER=%s", user);
+        snprintf(id, sizeof id, "HALYARD_SESSION_ID=%s", s->id);
+        log_full(priority, 0, (const char *const[]){ ip, u, id, NULL }, "%s: AUTH %s from %s: user %s: %s", s->id,
+                 auth_mech_to_string(s->sasl.mech), s->ip, user, what);
+}
+
+static void auth_finish(Session *s) {
+        auth_sasl_clear(&s->sasl);
+        s->phase = PHASE_COMMAND;
+}
+
+static void auth_success(Session *s, const char *user) {
+        snprintf(s->auth_user, sizeof s->auth_user, "%s", user);
+        manager_count(s->manager, COUNT_AUTH_SUCCESS);
+        auth_log(s, LOG_INFO, user, "authenticated");
+        reply(s, "235 2.7.0 Authentication successful");
+        auth_finish(s);
+}
+
+static int on_auth_delay(sd_event_source *es, uint64_t usec, void *userdata) {
+        Session *s = userdata;
+        auth_finish(s);
+        reply_error(s, REJECT_AUTH_FAILED, 535, "5.7.8", "Error: authentication failed");
+        session_process(s);
+        return 0;
+}
+
+/* A failed verification: counted for the address, answered after a delay
+ * that grows with the failures, so guessing is slow even over many
+ * connections. The session reads nothing meanwhile. */
+static void auth_failed(Session *s, const char *user) {
+        Manager *m = s->manager;
+        int64_t delay = auth_throttle_failure(m->auth_throttle, (const struct sockaddr *) &s->sa, sizeof s->sa);
+        manager_count(m, COUNT_AUTH_FAILURE);
+        auth_log(s, LOG_NOTICE, user, "authentication failed");
+        if (delay < 0)
+                delay = 1000000;
+        uint64_t when = now_usec(m) + (uint64_t) delay;
+        int r = s->auth_delay ? sd_event_source_set_time(s->auth_delay, when)
+                              : sd_event_add_time(m->event, &s->auth_delay, CLOCK_MONOTONIC, when, 0, on_auth_delay, s);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(s->auth_delay, SD_EVENT_ONESHOT);
+        if (r < 0)
+                (void) on_auth_delay(NULL, 0, s);
+        else
+                s->phase = PHASE_AUTH_WAIT;
+}
+
+static void on_auth_verified(int result, const char *user, void *userdata) {
+        Session *s = userdata;
+        s->auth_req = NULL;
+        if (result > 0)
+                auth_success(s, user);
+        else if (result == 0) {
+                auth_failed(s, user);
+                return;
+        } else {
+                reply(s, "454 4.7.0 Temporary authentication failure");
+                auth_log(s, LOG_WARNING, user, "verification failed");
+                auth_finish(s);
+        }
+        session_process(s);
+}
+
+static void auth_step(Session *s, const AuthStep *step) {
+        Manager *m = s->manager;
+        switch (step->kind) {
+        case AUTH_STEP_CHALLENGE:
+                reply(s, "334 %s", step->challenge);
+                s->phase = PHASE_AUTH;
+                return;
+        case AUTH_STEP_ERROR:
+                auth_finish(s);
+                reply_error(s, step->code == 538 ? REJECT_AUTH_REQUIRED : REJECT_SYNTAX, (unsigned) step->code,
+                            step->enhanced, step->text);
+                return;
+        case AUTH_STEP_DONE:
+                break;
+        }
+        if (s->sasl.mech == AUTH_MECH_EXTERNAL) {
+                /* The identity is the verified certificate's subject CN. */
+                const char *cn = s->facts.peer_cn;
+                if (!cn || strlen(cn) > AUTH_USER_MAX || (s->sasl.authzid[0] && strcmp(s->sasl.authzid, cn) != 0)) {
+                        auth_finish(s);
+                        reply_error(s, REJECT_AUTH_FAILED, 535, "5.7.8", "Error: certificate does not authorize this identity");
+                        return;
+                }
+                auth_success(s, cn);
+                return;
+        }
+        s->phase = PHASE_AUTH_WAIT;
+        int r = auth_verify(m->verifier, m->passwd, s->sasl.user, s->sasl.password, on_auth_verified, s, &s->auth_req);
+        explicit_bzero(s->sasl.password, sizeof s->sasl.password);
+        if (r < 0) {
+                s->auth_req = NULL;
+                reply(s, "454 4.7.0 Temporary authentication failure");
+                auth_log(s, LOG_WARNING, s->sasl.user, r == -EBUSY ? "verifier busy" : "verification failed");
+                auth_finish(s);
+        }
+}
+
+static void cmd_auth(Session *s, const SmtpCommand *cmd) {
+        Manager *m = s->manager;
+        if (!m->passwd && !m->settings.tls_client_ca) {
+                reply_error(s, REJECT_SYNTAX, 502, "5.5.1", "Error: authentication not enabled");
+                return;
+        }
+        if (!s->ehlo) {
+                reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: send EHLO first");
+                return;
+        }
+        if (s->auth_user[0]) {
+                reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: already authenticated");
+                return;
+        }
+        if (s->have_mail) {
+                reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: MAIL transaction in progress");
+                return;
+        }
+        AuthMech mech = auth_mech_from_string(cmd->mechanism);
+        if ((mech == AUTH_MECH_PLAIN || mech == AUTH_MECH_LOGIN) && !m->passwd) {
+                reply_error(s, REJECT_SYNTAX, 504, "5.5.4", "Error: unrecognized authentication type");
+                return;
+        }
+        if (auth_throttle_refused(m->auth_throttle, (const struct sockaddr *) &s->sa, sizeof s->sa)) {
+                reply_error(s, REJECT_AUTH_FAILED, 454, "4.7.0", "Too many failed authentications, try again later");
+                return;
+        }
+        char args[SMTP_AUTH_MECH_MAX + SMTP_COMMAND_LINE_MAX + 3];
+        snprintf(args, sizeof args, "%s%s%s", cmd->mechanism, cmd->has_initial_response ? " " : "",
+                 cmd->has_initial_response ? cmd->initial_response : "");
+        AuthStep step;
+        if (auth_sasl_start(&s->sasl, args, auth_flags(s), &step) < 0) {
+                reply(s, "454 4.7.0 Temporary authentication failure");
+                return;
+        }
+        auth_step(s, &step);
+}
+
+/* A line while a 334 challenge is out. */
+static void auth_line(Session *s, const char *line, size_t len, bool too_long) {
+        AuthStep step;
+        if (too_long) {
+                auth_finish(s);
+                reply_error(s, REJECT_LINE_TOO_LONG, 500, "5.5.6", "Error: authentication line too long");
+                return;
+        }
+        if (auth_sasl_feed(&s->sasl, line, len, &step) < 0) {
+                auth_finish(s);
+                reply(s, "454 4.7.0 Temporary authentication failure");
+                return;
+        }
+        auth_step(s, &step);
+}
+
 /* ---- commands -------------------------------------------------------- */
 
 static void reply_ehlo(Session *s) {
@@ -441,6 +674,9 @@ static void reply_ehlo(Session *s) {
         reply(s, "250-ENHANCEDSTATUSCODES");
         if (s->manager->tls && !s->tls_active && s->listener->kind != LISTENER_SUBMISSIONS)
                 reply(s, "250-STARTTLS");
+        const char *mechs = s->auth_user[0] ? NULL : auth_offer(s);
+        if (mechs)
+                reply(s, "250-AUTH %s", mechs);
         reply(s, "250-DSN");
         reply(s, "250 CHUNKING");
 }
@@ -455,7 +691,7 @@ static void cmd_rcpt(Session *s, const SmtpCommand *cmd) {
                 reply_error(s, REJECT_TOO_MANY_RECIPIENTS, 452, "4.5.3", "Error: too many recipients");
                 return;
         }
-        bool ok = cmd->path.postmaster || client_permitted(s) ||
+        bool ok = cmd->path.postmaster || client_trusted(s) ||
                   domain_in(c->local_domains, cmd->path.domain) || domain_in(c->relay_domains, cmd->path.domain);
         if (!ok) {
                 reply_error(s, REJECT_RELAY_DENIED, 554, "5.7.1", "Relay access denied");
@@ -494,7 +730,7 @@ static void cmd_mail(Session *s, const SmtpCommand *cmd) {
                 reply_error(s, REJECT_BAD_SEQUENCE, 503, "5.5.1", "Error: nested MAIL command");
                 return;
         }
-        if (s->listener->kind != LISTENER_SMTP && !client_permitted(s)) {
+        if (s->listener->kind != LISTENER_SMTP && !client_trusted(s)) {
                 reply_error(s, REJECT_AUTH_REQUIRED, 530, "5.7.0", "Authentication required");
                 return;
         }
@@ -570,6 +806,12 @@ static void handle_line(Session *s, const char *line, size_t len, bool too_long)
         SmtpCommand cmd;
         SmtpReplyError e;
 
+        if (++s->n_commands > s->manager->settings.max_commands) {
+                reply(s, "421 4.7.0 %s Too many commands, closing connection", s->manager->settings.hostname);
+                reject_log(s, REJECT_TOO_MANY_COMMANDS, "command limit reached");
+                s->phase = PHASE_CLOSING;
+                return;
+        }
         if (too_long)
                 flags |= SMTP_PARSE_LINE_TOO_LONG;
         if (s->have_mail && s->mail.smtputf8)
@@ -655,15 +897,23 @@ static void handle_line(Session *s, const char *line, size_t len, bool too_long)
                 s->in_n = 0;
                 s->helo[0] = 0;
                 s->ehlo = false;
+                s->auth_user[0] = 0; /* RFC 4954 4: forget what was learnt in plaintext */
                 s->phase = PHASE_STARTTLS;
                 break;
         case SMTP_VERB_AUTH:
-                reply_error(s, REJECT_SYNTAX, 502, "5.5.1", "Error: authentication not enabled");
+                cmd_auth(s, &cmd);
                 break;
         default:
                 reply_error(s, REJECT_SYNTAX, 500, "5.5.2", "Error: command not recognized");
                 break;
         }
+}
+
+static void dispatch_line(Session *s, const char *line, size_t len, bool too_long) {
+        if (s->phase == PHASE_AUTH)
+                auth_line(s, line, len, too_long);
+        else
+                handle_line(s, line, len, too_long);
 }
 
 /* Handles whatever complete input there is. */
@@ -692,19 +942,20 @@ static void session_process(Session *s) {
                                 bdat_chunk_done(s);
                         continue;
                 }
-                if (s->phase != PHASE_COMMAND)
+                if (s->phase != PHASE_COMMAND && s->phase != PHASE_AUTH)
                         break;
-                if (daemon_is_draining(s->manager->daemon) && !s->have_mail && s->in_n == 0) {
+                size_t line_max = s->phase == PHASE_AUTH ? AUTH_SASL_LINE_MAX : SMTP_COMMAND_LINE_MAX;
+                if (s->phase == PHASE_COMMAND && daemon_is_draining(s->manager->daemon) && !s->have_mail && s->in_n == 0) {
                         reply(s, "421 4.3.2 %s Service shutting down", s->manager->settings.hostname);
                         s->phase = PHASE_CLOSING;
                         break;
                 }
                 char *lf = memchr(s->in, '\n', s->in_n);
                 if (!lf) {
-                        if (s->in_n > SMTP_COMMAND_LINE_MAX + 1) {
+                        if (s->in_n > line_max + 1) {
                                 /* No end in sight: refuse now, skip to the LF. */
                                 if (!s->skip_line)
-                                        handle_line(s, s->in, s->in_n, true);
+                                        dispatch_line(s, s->in, s->in_n, true);
                                 s->skip_line = true;
                                 s->in_n = 0;
                         }
@@ -716,13 +967,13 @@ static void session_process(Session *s) {
                 if (s->skip_line)
                         s->skip_line = false;
                 else
-                        handle_line(s, s->in, len, len > SMTP_COMMAND_LINE_MAX);
+                        dispatch_line(s, s->in, len, len > line_max);
                 if (s->phase == PHASE_STARTTLS)
                         break; /* the input was dropped */
                 memmove(s->in, s->in + n, s->in_n - n);
                 s->in_n -= n;
         }
-        if (s->eof && s->phase != PHASE_QUEUE) {
+        if (s->eof && s->phase != PHASE_QUEUE && s->phase != PHASE_AUTH_WAIT) {
                 (void) session_flush(s);
                 session_end(s, "client disconnected");
                 return;
@@ -763,7 +1014,7 @@ static void do_handshake(Session *s) {
                 return;
         }
         s->tls_active = true;
-        s->manager->n_tls_sessions++;
+        manager_count(s->manager, COUNT_TLS_SESSIONS);
         s->phase = PHASE_COMMAND;
         if (!s->greeted) {
                 s->greeted = true;
@@ -823,7 +1074,8 @@ static void session_update_events(Session *s) {
         }
         if (s->out_n > 0)
                 ev |= EPOLLOUT;
-        want_read = (s->phase == PHASE_COMMAND || s->phase == PHASE_DATA || s->phase == PHASE_BDAT) &&
+        want_read = (s->phase == PHASE_COMMAND || s->phase == PHASE_DATA || s->phase == PHASE_BDAT ||
+                     s->phase == PHASE_AUTH) &&
                     s->in_n < sizeof s->in && s->out_n < SESSION_OUT_MAX && !s->eof;
         if (want_read)
                 ev |= EPOLLIN;
@@ -837,10 +1089,11 @@ static void session_update_events(Session *s) {
                 (void) sd_event_source_set_enabled(s->defer, SD_EVENT_OFF);
 }
 
+/* The idle timeout from now, or the end of the session's time if sooner. */
 static void session_timer_reset(Session *s) {
-        uint64_t now;
-        (void) sd_event_now(s->manager->event, CLOCK_MONOTONIC, &now);
-        (void) sd_event_source_set_time(s->timer, now + s->manager->settings.timeout_usec);
+        const SmtpdSettings *c = &s->manager->settings;
+        uint64_t at = MIN(now_usec(s->manager) + c->timeout_usec, s->started_usec + c->session_timeout_usec);
+        (void) sd_event_source_set_time(s->timer, at);
         (void) sd_event_source_set_enabled(s->timer, SD_EVENT_ONESHOT);
 }
 
@@ -883,7 +1136,7 @@ static int on_io(sd_event_source *es, int fd, uint32_t revents, void *userdata) 
                 }
         }
         if ((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) &&
-            (s->phase == PHASE_COMMAND || s->phase == PHASE_DATA || s->phase == PHASE_BDAT)) {
+            (s->phase == PHASE_COMMAND || s->phase == PHASE_DATA || s->phase == PHASE_BDAT || s->phase == PHASE_AUTH)) {
                 int r = session_read(s);
                 if (r < 0) {
                         session_fail(s, "read failed");
@@ -898,14 +1151,18 @@ static int on_io(sd_event_source *es, int fd, uint32_t revents, void *userdata) 
 
 static int on_timer(sd_event_source *es, uint64_t usec, void *userdata) {
         Session *s = userdata;
-        if (s->phase == PHASE_QUEUE) {
-                session_timer_reset(s);
+        Manager *m = s->manager;
+        if (s->phase == PHASE_QUEUE || s->phase == PHASE_AUTH_WAIT) {
+                /* Not the client's doing; the queue's own timeout ends the wait. */
+                (void) sd_event_source_set_time(s->timer, usec + m->settings.timeout_usec);
+                (void) sd_event_source_set_enabled(s->timer, SD_EVENT_ONESHOT);
                 return 0;
         }
-        reply(s, "421 4.4.2 %s Error: timeout exceeded", s->manager->settings.hostname);
-        reject_log(s, REJECT_TIMEOUT, "idle timeout");
+        bool total = usec >= s->started_usec + m->settings.session_timeout_usec;
+        reply(s, "421 4.4.2 %s Error: %s", m->settings.hostname, total ? "session time limit exceeded" : "timeout exceeded");
+        reject_log(s, REJECT_TIMEOUT, total ? "session time limit" : "idle timeout");
         (void) session_flush(s);
-        session_end(s, "timeout");
+        session_end(s, total ? "session time limit" : "timeout");
         return 0;
 }
 
@@ -944,7 +1201,7 @@ static void refuse(Manager *m, int fd, const struct sockaddr_storage *sa, const 
         int n = snprintf(msg, sizeof msg, "421 4.7.0 %s %s\r\n", m->settings.hostname, why);
         (void) send(fd, msg, (size_t) MIN(n, (int) sizeof msg - 1), MSG_NOSIGNAL | MSG_DONTWAIT);
         safe_close(fd);
-        m->rejects[REJECT_TOO_MANY_CONNECTIONS]++;
+        manager_count(m, COUNT_REJECT_FIRST + REJECT_TOO_MANY_CONNECTIONS);
         format_ip(sa, ip, sizeof ip);
         snprintf(field, sizeof field, "HALYARD_CLIENT_IP=%s", ip);
         log_event(LOG_NOTICE, LOG_MESSAGE_REJECTED, (const char *const[]){ field, "HALYARD_REJECT_REASON=too-many-connections", NULL },
@@ -998,7 +1255,8 @@ static int on_accept(sd_event_source *es, int lfd, uint32_t revents, void *userd
                         m->sessions->prev = s;
                 m->sessions = s;
                 m->n_sessions++;
-                m->n_sessions_total++;
+                manager_count(m, COUNT_SESSIONS);
+                s->started_usec = now_usec(m);
                 l->n_open++;
                 l->n_total++;
                 int r = sd_event_add_io(m->event, &s->io, fd, EPOLLIN, on_io, s);

@@ -579,7 +579,20 @@ static int peer_facts(SmtpdTlsSession *s, SmtpdTlsFacts *f) {
         }
         if (r >= 0)
                 f->peer_issuer = datum_to_string(&d);
+        if (r >= 0) {
+                char cn[256];
+                size_t cn_len = sizeof cn - 1;
+                /* No CN (or a huge one) is not an error: EXTERNAL just has no name. */
+                if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn, &cn_len) >= 0 &&
+                    cn_len > 0 && !memchr(cn, 0, cn_len)) {
+                        f->peer_cn = strndup(cn, cn_len);
+                        if (!f->peer_cn)
+                                r = GNUTLS_E_MEMORY_ERROR;
+                }
+        }
         gnutls_x509_crt_deinit(crt);
+        if (r == GNUTLS_E_MEMORY_ERROR)
+                return -ENOMEM;
         if (r < 0)
                 return -EPROTO;
         if (!f->peer_subject || !f->peer_issuer)
@@ -664,6 +677,7 @@ void smtpd_tls_facts_done(SmtpdTlsFacts *f) {
         free(f->sni);
         free(f->peer_subject);
         free(f->peer_issuer);
+        free(f->peer_cn);
         free(f->peer_verify_reason);
         *f = (SmtpdTlsFacts){};
 }

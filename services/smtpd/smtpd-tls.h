@@ -142,6 +142,7 @@ typedef struct SmtpdTlsFacts {
         SmtpdTlsPeerVerify peer;
         char *peer_subject;             /* RFC 4514 DNs, NULL when no peer certificate */
         char *peer_issuer;
+        char *peer_cn;                  /* the subject's first CN, or NULL */
         char peer_sha256[65];           /* lowercase hex of the DER certificate, or "" */
         char *peer_verify_reason;       /* when NOT_VERIFIED */
 } SmtpdTlsFacts;

@@ -5,13 +5,42 @@
 #include "io.halyard.Smtpd.varlink.h"
 #include "smtpd.h"
 
+static json_object *rejects_json(const SmtpdCounts *c) {
+        json_object *a = json_object_new_array();
+        for (unsigned r = 0; r < _REJECT_MAX; r++) {
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "reason", json_object_new_string(reject_reason_to_string(r)));
+                json_object_object_add(o, "count", json_object_new_int64((int64_t) c->v[COUNT_REJECT_FIRST + r]));
+                json_object_array_add(a, o);
+        }
+        return a;
+}
+
+static json_object *counts_json(const SmtpdCounts *c) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "sessions", json_object_new_int64((int64_t) c->v[COUNT_SESSIONS]));
+        json_object_object_add(o, "tlsSessions", json_object_new_int64((int64_t) c->v[COUNT_TLS_SESSIONS]));
+        json_object_object_add(o, "messagesAccepted", json_object_new_int64((int64_t) c->v[COUNT_ACCEPTED]));
+        json_object_object_add(o, "authSuccesses", json_object_new_int64((int64_t) c->v[COUNT_AUTH_SUCCESS]));
+        json_object_object_add(o, "authFailures", json_object_new_int64((int64_t) c->v[COUNT_AUTH_FAILURE]));
+        json_object_object_add(o, "rejects", rejects_json(c));
+        return o;
+}
+
 static int method_get_status(Varlink *link, json_object *parameters, VarlinkCallFlags flags, void *userdata) {
         Manager *m = varlink_server_get_userdata(varlink_get_server(link));
-        json_object *p = json_object_new_object(), *ls = json_object_new_array(), *rj = json_object_new_array();
+        const SmtpdCounts *t = &m->stats.total;
+        json_object *p = json_object_new_object(), *ls = json_object_new_array();
         char summary[200];
+        uint64_t now;
+        SmtpdCounts minute, hour;
 
-        snprintf(summary, sizeof summary, "%u sessions, %llu messages accepted", m->n_sessions,
-                 (unsigned long long) m->n_accepted);
+        (void) sd_event_now(m->event, CLOCK_MONOTONIC, &now);
+        smtpd_stats_last_minute(&m->stats, now / 1000000ULL, &minute);
+        smtpd_stats_last_hour(&m->stats, now / 1000000ULL, &hour);
+
+        snprintf(summary, sizeof summary, "%u sessions, %llu messages accepted, %llu in the last hour", m->n_sessions,
+                 (unsigned long long) t->v[COUNT_ACCEPTED], (unsigned long long) hour.v[COUNT_ACCEPTED]);
         json_object_object_add(p, "summary", json_object_new_string(summary));
         json_object_object_add(p, "version", json_object_new_string(HALYARD_VERSION));
         json_object_object_add(p, "sessions", json_object_new_int64(m->n_sessions));
@@ -23,18 +52,15 @@ static int method_get_status(Varlink *link, json_object *parameters, VarlinkCall
                 json_object_array_add(ls, o);
         }
         json_object_object_add(p, "listeners", ls);
-        json_object_object_add(p, "sessionsTotal", json_object_new_int64((int64_t) m->n_sessions_total));
-        json_object_object_add(p, "tlsSessions", json_object_new_int64((int64_t) m->n_tls_sessions));
+        json_object_object_add(p, "sessionsTotal", json_object_new_int64((int64_t) t->v[COUNT_SESSIONS]));
+        json_object_object_add(p, "tlsSessions", json_object_new_int64((int64_t) t->v[COUNT_TLS_SESSIONS]));
         json_object_object_add(p, "tlsShare", json_object_new_double(
-                m->n_sessions_total ? (double) m->n_tls_sessions / (double) m->n_sessions_total : 0.0));
-        json_object_object_add(p, "messagesAccepted", json_object_new_int64((int64_t) m->n_accepted));
-        for (unsigned r = 0; r < _REJECT_MAX; r++) {
-                json_object *o = json_object_new_object();
-                json_object_object_add(o, "reason", json_object_new_string(reject_reason_to_string(r)));
-                json_object_object_add(o, "count", json_object_new_int64((int64_t) m->rejects[r]));
-                json_object_array_add(rj, o);
-        }
-        json_object_object_add(p, "rejects", rj);
+                t->v[COUNT_SESSIONS] ? (double) t->v[COUNT_TLS_SESSIONS] / (double) t->v[COUNT_SESSIONS] : 0.0));
+        json_object_object_add(p, "messagesAccepted", json_object_new_int64((int64_t) t->v[COUNT_ACCEPTED]));
+        json_object_object_add(p, "rejects", rejects_json(t));
+        json_object_object_add(p, "total", counts_json(t));
+        json_object_object_add(p, "lastMinute", counts_json(&minute));
+        json_object_object_add(p, "lastHour", counts_json(&hour));
         int r = varlink_reply(link, p);
         json_object_put(p);
         return r;

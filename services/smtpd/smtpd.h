@@ -12,6 +12,8 @@
 
 #include "config.h"
 #include "daemon.h"
+#include "smtpd-auth.h"
+#include "smtpd-stats.h"
 #include "smtpd-tls.h"
 #include "varlink.h"
 
@@ -36,8 +38,12 @@ typedef enum RejectReason {
         REJECT_QUEUE_UNAVAILABLE,
         REJECT_AUTH_REQUIRED,
         REJECT_TLS_FAILED,
+        REJECT_AUTH_FAILED,
+        REJECT_TOO_MANY_COMMANDS,
         _REJECT_MAX,
 } RejectReason;
+
+_Static_assert(COUNT_REJECT_FIRST + _REJECT_MAX <= SMTPD_COUNT_MAX, "SmtpdCounts too small");
 
 typedef struct Manager Manager;
 typedef struct Session Session;
@@ -62,8 +68,14 @@ typedef struct SmtpdSettings {
         unsigned max_connections;
         unsigned max_per_address;
         unsigned max_errors;
-        uint64_t timeout_usec;
+        unsigned max_commands;
+        uint64_t timeout_usec;         /* idle */
+        uint64_t session_timeout_usec; /* whole session */
         char *queue_address;
+        bool auth_plaintext;           /* PLAIN/LOGIN without TLS */
+        bool received_auth_user;       /* name the user in Received: */
+        bool tls_client_ca;            /* client certificates asked for and verified */
+        AuthThrottleConfig auth_throttle;
 } SmtpdSettings;
 
 struct Manager {
@@ -72,6 +84,9 @@ struct Manager {
         const char *config_path;
         SmtpdSettings settings;
         SmtpdTlsContext *tls;
+        AuthPasswd *passwd;            /* NULL: no PLAIN/LOGIN */
+        AuthVerifier *verifier;
+        AuthThrottle *auth_throttle;
         VarlinkServer *varlink;
         Listener listeners[_LISTENER_MAX];
 
@@ -80,14 +95,13 @@ struct Manager {
         uint64_t session_seq;
         uint64_t id_base;
 
-        uint64_t n_sessions_total;
-        uint64_t n_tls_sessions;
-        uint64_t n_accepted;
-        uint64_t rejects[_REJECT_MAX];
+        SmtpdStats stats;
 };
 
 const char *listener_kind_to_string(ListenerKind k);
 const char *reject_reason_to_string(RejectReason r);
+/* Counts one event (SmtpdCount, or COUNT_REJECT_FIRST + a RejectReason) now. */
+void manager_count(Manager *m, unsigned what);
 
 /* smtpd-session.c */
 int listener_start(Manager *m, ListenerKind kind, int fd);

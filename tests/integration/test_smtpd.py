@@ -3,8 +3,12 @@
 handing messages to a real halyard-queued under systemd-socket-activate:
 plain and STARTTLS sends with a Received: header, pipelining, relay
 control, SMTP smuggling, plaintext injection after STARTTLS, limits, the
-queue being down, and connections per address."""
+queue being down, connections per address, AUTH (PLAIN, LOGIN, EXTERNAL by
+client certificate, throttling), submission requiring AUTH, and the
+GetStatus windows."""
 
+import base64
+import ctypes
 import os
 import signal
 import smtplib
@@ -32,10 +36,11 @@ Timeout=30s
 
 
 class Smtpd:
-    def __init__(self, tmp, queue_socket, config=BASE_CONFIG, name="smtpd"):
+    def __init__(self, tmp, queue_socket, config=BASE_CONFIG, name="smtpd", submission=False):
         self.tmp = tmp
         self.name = name
         self.port = free_port()
+        self.submission_port = free_port() if submission else None
         self.varlink = tmp / ("io.halyard.Smtpd-" + name)
         self.config = tmp / (name + ".conf")
         self.config.write_text(config + "Queue=unix:%s\n" % queue_socket)
@@ -49,6 +54,8 @@ class Smtpd:
         env["HALYARD_CONFIG"] = str(self.config)
         env["CREDENTIALS_DIRECTORY"] = str(self.creds)
         argv = [str(SMTPD), "--listen-smtp=127.0.0.1:%d" % self.port, "--listen-varlink=unix:%s" % self.varlink]
+        if self.submission_port:
+            argv.append("--listen-submission=127.0.0.1:%d" % self.submission_port)
         self.stderr = open(self.tmp / (self.name + ".stderr"), "ab")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr, env=env, start_new_session=True)
@@ -355,6 +362,265 @@ class SmtpdTest(unittest.TestCase):
         self.assertEqual([l["listener"] for l in st["listeners"]], ["smtp", "submission", "submissions"])
         self.assertIn("messagesAccepted", st)
         self.assertIsInstance(st["tlsShare"], float)
+
+
+def yescrypt(password):
+    """A yescrypt hash made by libxcrypt, as an operator's mkpasswd would."""
+    lib = ctypes.CDLL("libcrypt.so.1")
+    lib.crypt_gensalt.restype = ctypes.c_char_p
+    lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    setting = lib.crypt_gensalt(b"$y$", 0, None, 0)
+    return lib.crypt(password.encode(), setting).decode()
+
+
+def openssl(*args):
+    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def make_client_pki(d):
+    """A client CA and a client certificate (CN=relay-client) it signed, and a
+    self-signed client certificate nobody vouches for."""
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=halyard test client CA", "-keyout", str(d / "client-ca.key"), "-out", str(d / "client-ca.pem"))
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/O=Test/CN=relay-client",
+            "-keyout", str(d / "client.key"), "-out", str(d / "client.csr"))
+    openssl("x509", "-req", "-in", str(d / "client.csr"), "-CA", str(d / "client-ca.pem"), "-CAkey", str(d / "client-ca.key"),
+            "-CAcreateserial", "-days", "2", "-out", str(d / "client.pem"))
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=relay-client", "-keyout", str(d / "rogue.key"), "-out", str(d / "rogue.pem"))
+
+
+def make_server_cert(creds):
+    os.makedirs(creds, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=mx.halyard.test", "-addext", "subjectAltName=DNS:mx.halyard.test",
+            "-keyout", str(creds / "smtpd-tls.key"), "-out", str(creds / "smtpd-tls.crt"))
+
+
+def b64(s):
+    return base64.b64encode(s.encode()).decode()
+
+
+AUTH_CONFIG = BASE_CONFIG + """AuthPasswordFile=users
+TLSClientCA=client-ca.pem
+"""
+
+
+class AuthTest(unittest.TestCase):
+    """AUTH: PLAIN and LOGIN only under TLS, checked against a credential of
+    crypt(3) hashes off the event loop; EXTERNAL by a verified client
+    certificate; failures slowed down and then refused per address;
+    submission needs AUTH; authenticated clients may relay."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = harness.TempDir()
+        creds = cls.tmp / "creds"
+        make_server_cert(creds)
+        make_client_pki(cls.tmp)
+        (creds / "client-ca.pem").write_bytes((cls.tmp / "client-ca.pem").read_bytes())
+        (creds / "users").write_text("# halyard test users\nalice:%s\nbob:%s\n" % (
+            yescrypt("alice secret"), subprocess.run(["openssl", "passwd", "-6", "bob secret"], check=True,
+                                                      capture_output=True, text=True).stdout.strip()))
+        cls.q = Queued(cls.tmp).start()
+        cls.smtpd = Smtpd(cls.tmp, cls.q.socket, AUTH_CONFIG, name="auth", submission=True).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.smtpd.stop()
+        if cls.q.proc.poll() is None:
+            cls.q.kill()
+        cls.tmp.cleanup()
+
+    def spool_with(self, marker):
+        marker = marker.encode()
+        return [p.read_bytes() for p in self.q.spool.rglob("*") if p.is_file() and marker in p.read_bytes()]
+
+    def tls_context(self, cert=None):
+        ctx = ssl.create_default_context(cafile=str(self.tmp / "creds" / "smtpd-tls.crt"))
+        if cert:
+            ctx.load_cert_chain(str(self.tmp / (cert + ".pem")), str(self.tmp / (cert + ".key")))
+        return ctx
+
+    def connect(self, port=None, cert=None, smtpd=None):
+        s = smtplib.SMTP("127.0.0.1", port or (smtpd or self.smtpd).port, timeout=20)
+        s.ehlo("auth.test")
+        s._host = "mx.halyard.test"
+        self.assertEqual(s.starttls(context=self.tls_context(cert))[0], 220)
+        s.ehlo("auth.test")
+        return s
+
+    def test_plaintext_refused(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"EHLO plain.test\r\n")
+        ehlo = c.reply()
+        self.assertIn(b"STARTTLS", ehlo)
+        self.assertNotIn(b"AUTH", ehlo)  # nothing to offer before TLS
+        c.send(("AUTH PLAIN %s\r\n" % b64("\0alice\0alice secret")).encode())
+        self.assertTrue(c.reply().startswith(b"538 5.7.11 "))
+        c.close()
+
+    def test_plain_relay_and_received(self):
+        with self.connect() as s:
+            self.assertIn("PLAIN", s.esmtp_features["auth"].split())
+            self.assertIn("LOGIN", s.esmtp_features["auth"].split())
+            self.assertNotIn("EXTERNAL", s.esmtp_features["auth"].split())  # no client certificate
+            code, _ = s.docmd("MAIL FROM:<a@client.test>")
+            self.assertEqual(code, 250)
+            code, resp = s.docmd("RCPT TO:<someone@foreign.example>")
+            self.assertEqual((code, resp[:5]), (554, b"5.7.1"))  # not yet authenticated
+            s.docmd("RSET")
+            code, resp = s.docmd("AUTH", "PLAIN " + b64("\0alice\0alice secret"))
+            self.assertEqual((code, resp[:5]), (235, b"2.7.0"), resp)
+            s.sendmail("alice@client.test", ["someone@foreign.example"], MESSAGE % "authenticated relay")
+            code, resp = s.docmd("AUTH", "PLAIN " + b64("\0alice\0alice secret"))
+            self.assertEqual((code, resp[:5]), (503, b"5.5.1"))  # once per session
+        msgs = self.spool_with("hello authenticated relay")
+        self.assertEqual(len(msgs), 1)
+        self.assertIn(b" with ESMTPSA id ", msgs[0])  # RFC 3848
+        self.assertNotIn(b"alice", msgs[0].split(b"\r\n\r\n")[0].split(b"From:")[0])  # user not named by default
+        self.assertRegex(self.smtpd.log(), r"AUTH PLAIN from 127\.0\.0\.1: user alice: authenticated")
+
+    def test_login_sha512(self):
+        with self.connect() as s:
+            s.user, s.password = "bob", "bob secret"
+            code, resp = s.auth("LOGIN", s.auth_login)
+            self.assertEqual(code, 235, resp)
+
+    def test_external_client_certificate(self):
+        with self.connect(cert="client") as s:
+            self.assertIn("EXTERNAL", s.esmtp_features["auth"].split())
+            code, resp = s.docmd("AUTH", "EXTERNAL =")
+            self.assertEqual((code, resp[:5]), (235, b"2.7.0"), resp)
+            s.sendmail("relay@client.test", ["x@foreign.example"], MESSAGE % "external relay")
+        self.assertEqual(len(self.spool_with("hello external relay")), 1)
+        self.assertIn("user relay-client: authenticated", self.smtpd.log())
+
+    def test_external_wrong_identity_or_untrusted_certificate(self):
+        with self.connect(cert="client") as s:
+            code, resp = s.docmd("AUTH", "EXTERNAL " + b64("someone-else"))
+            self.assertEqual((code, resp[:5]), (535, b"5.7.8"))
+        with self.connect(cert="rogue") as s:  # same CN, not signed by the client CA
+            self.assertNotIn("EXTERNAL", s.esmtp_features.get("auth", "").split())
+            code, resp = s.docmd("AUTH", "EXTERNAL =")
+            self.assertEqual((code, resp[:5]), (535, b"5.7.8"))
+
+    def test_submission_requires_auth(self):
+        with self.connect(port=self.smtpd.submission_port) as s:
+            code, resp = s.docmd("MAIL FROM:<alice@client.test>")
+            self.assertEqual((code, resp[:5]), (530, b"5.7.0"))
+            s.login("alice", "alice secret")
+            s.sendmail("alice@client.test", ["friend@foreign.example"], MESSAGE % "submission")
+        self.assertEqual(len(self.spool_with("hello submission")), 1)
+
+    def test_failures_delayed_then_refused(self):
+        other = Smtpd(self.tmp, self.q.socket, AUTH_CONFIG + "AuthMaxFailures=2\n", name="throttle").start()
+        try:
+            with self.connect(smtpd=other) as s:
+                for expected in (1.0, 2.0):
+                    t = time.monotonic()
+                    code, resp = s.docmd("AUTH", "PLAIN " + b64("\0alice\0wrong"))
+                    self.assertEqual((code, resp[:5]), (535, b"5.7.8"))
+                    self.assertGreaterEqual(time.monotonic() - t, expected * 0.9)
+                # Refused now, even with the right password, and on a new
+                # connection too: the count is per address.
+                code, resp = s.docmd("AUTH", "PLAIN " + b64("\0alice\0alice secret"))
+                self.assertEqual((code, resp[:5]), (454, b"4.7.0"))
+            with self.connect(smtpd=other) as s:
+                code, resp = s.docmd("AUTH", "PLAIN " + b64("\0alice\0alice secret"))
+                self.assertEqual((code, resp[:5]), (454, b"4.7.0"))
+            st = other.status()
+            self.assertEqual(st["lastMinute"]["authFailures"], 2)
+            self.assertEqual(st["total"]["authSuccesses"], 0)
+            self.assertRegex(other.log(), r"user alice: authentication failed")
+        finally:
+            other.stop()
+
+    def test_unknown_user_and_bad_base64(self):
+        with self.connect() as s:
+            code, resp = s.docmd("AUTH", "PLAIN not*base64")
+            self.assertEqual((code, resp[:5]), (501, b"5.5.2"))
+            code, resp = s.docmd("AUTH", "CRAM-MD5")
+            self.assertEqual((code, resp[:5]), (504, b"5.5.4"))
+            code, resp = s.docmd("AUTH", "PLAIN " + b64("\0mallory\0guess"))
+            self.assertEqual((code, resp[:5]), (535, b"5.7.8"))
+
+    def test_received_names_user_when_allowed(self):
+        other = Smtpd(self.tmp, self.q.socket, AUTH_CONFIG + "ReceivedAuthUser=yes\n", name="named").start()
+        try:
+            with self.connect(smtpd=other) as s:
+                s.login("alice", "alice secret")
+                s.sendmail("alice@client.test", ["bob@example.org"], MESSAGE % "named user")
+        finally:
+            other.stop()
+        msgs = self.spool_with("hello named user")
+        self.assertEqual(len(msgs), 1)
+        self.assertIn(b"(authenticated user alice)", msgs[0])
+
+
+class SessionLimitsTest(unittest.TestCase):
+    """Commands per session, the idle timeout and the total session time (a
+    slow client that keeps the idle timer happy still gets cut off)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = harness.TempDir()
+        cls.q = Queued(cls.tmp).start()
+        cls.smtpd = Smtpd(cls.tmp, cls.q.socket, BASE_CONFIG.replace("Timeout=30s\n", "") +
+                          "MaxCommands=5\nTimeout=1s\nSessionTimeout=3s\n", name="limits").start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.smtpd.stop()
+        if cls.q.proc.poll() is None:
+            cls.q.kill()
+        cls.tmp.cleanup()
+
+    def test_command_limit(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"NOOP\r\n" * 6)
+        for _ in range(5):
+            self.assertEqual(c.reply(), b"250 2.0.0 Ok")
+        self.assertTrue(c.reply().startswith(b"421 4.7.0 "))
+        with self.assertRaises(EOFError):
+            c.reply()
+        c.close()
+
+    def test_idle_timeout(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        t = time.monotonic()
+        self.assertEqual(c.reply(), b"421 4.4.2 mx.halyard.test Error: timeout exceeded")
+        self.assertLess(time.monotonic() - t, 2.5)
+        c.close()
+
+    def test_session_time_limit(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"EHLO slow.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        for _ in range(4):
+            c.reply()
+        t = time.monotonic()
+        # A byte every half second keeps the idle timer from firing.
+        with self.assertRaises((EOFError, BrokenPipeError, ConnectionResetError)):
+            while time.monotonic() - t < 6:
+                c.send(b"x")
+                c.sock.settimeout(0.5)
+                try:
+                    d = c.sock.recv(4096)
+                    if not d:
+                        raise EOFError
+                    c.buf += d
+                except socket.timeout:
+                    pass
+        self.assertIn(b"421 4.4.2 mx.halyard.test Error: session time limit exceeded", c.buf)
+        self.assertLess(time.monotonic() - t, 4)
+        c.close()
+        self.assertIn("session time limit", self.smtpd.log())
 
 
 class QueueDownTest(unittest.TestCase):
