@@ -37,7 +37,9 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -81,6 +83,22 @@ with smtplib.SMTP('127.0.0.1', 25, timeout=20) as s:
     s.ehlo('client.sys.test')
     r = s.sendmail('a@sys.test', ['user@sys.test'], 'From: a@sys.test\r\nTo: user@sys.test\r\nSubject: through smtpd\r\n\r\nhi\r\n')
     print('250 accepted', r)
+"""
+
+SUBMIT = r"""
+import smtplib, ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+with smtplib.SMTP('127.0.0.1', 587, timeout=20) as s:
+    s.ehlo('client.sys.test')
+    print('before auth', s.mail('alice@sys.test')[0])
+    s.rset()
+    s.starttls(context=ctx)
+    s.ehlo('client.sys.test')
+    s.login('alice', 'alice secret')
+    s.sendmail('alice@sys.test', ['friend@sys.test'], 'From: alice@sys.test\r\nSubject: via submission\r\n\r\nhi\r\n')
+    print('sent')
 """
 
 ENQUEUE = r"""
@@ -141,6 +159,16 @@ class HalyardTargetTest(unittest.TestCase):
         c.write_file('/etc/halyard/halyard.conf', CONFIG, mode=0o644)
         c.run('install', '-d', '-m', '0700', '/etc/credstore', check=True)
         c.write_file('/etc/credstore/test-secret', SECRET, mode=0o600)
+        # halyard-smtpd's credentials: a TLS certificate and the password file.
+        with tempfile.TemporaryDirectory() as d:
+            subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
+                            '-nodes', '-days', '2', '-subj', '/CN=smtpd.sys.test', '-keyout', d + '/k',
+                            '-out', d + '/c'], check=True, capture_output=True)
+            c.write_file('/etc/credstore/smtpd-tls.crt', open(d + '/c').read(), mode=0o600)
+            c.write_file('/etc/credstore/smtpd-tls.key', open(d + '/k').read(), mode=0o600)
+        hash_ = subprocess.run(['openssl', 'passwd', '-6', 'alice secret'], check=True, capture_output=True,
+                               text=True).stdout.strip()
+        c.write_file('/etc/credstore/smtpd-passwd', 'alice:%s\n' % hash_, mode=0o600)
         c.setup_snippets(reload=False)  # enable below reloads
         cls.before = (c.systemctl('is-enabled', 'halyard.target').stdout.strip(),
                       c.systemctl('is-active', 'halyard.target', SOCKET).stdout.split())
@@ -374,6 +402,23 @@ class HalyardTargetTest(unittest.TestCase):
         self.assertTrue(entries, 'no accepted entry from halyard-smtpd')
         self.assertEqual(entries[-1]['HALYARD_CLIENT_IP'], '127.0.0.1')
         self.assertIn('HALYARD_QUEUE_ID', entries[-1])
+
+    def test_05b_submission_auth(self):
+        """Submission on 587 under systemd: MAIL needs AUTH (530), AUTH PLAIN
+        after STARTTLS against the password file credential, then the
+        message reaches the receiver; the journal names the user."""
+        c = self.c
+        c.wait_for(lambda: c.run('test', '-e', '/run/sink.ready').rc == 0, timeout=20, what='the sink from test_04')
+        r = c.run('/usr/bin/python3', '-c', SUBMIT, timeout=60)
+        self.assertEqual(r.rc, 0, r.stdout + r.stderr)
+        self.assertIn('before auth 530', r.stdout)
+        self.assertIn('sent', r.stdout)
+        c.wait_for(lambda: 'Subject: via submission' in c.run('cat', '/run/sink.txt').stdout, timeout=30,
+                   what='the submitted message at the receiver')
+        self.assertIn('with ESMTPSA', c.run('cat', '/run/sink.txt').stdout)
+        out = c.run('journalctl', '--no-pager', '-o', 'json', '_SYSTEMD_UNIT=halyard-smtpd.service',
+                    'HALYARD_AUTH_USER=alice').stdout
+        self.assertTrue([l for l in out.splitlines() if l.strip()], 'no journal entry with HALYARD_AUTH_USER=alice')
 
     def test_06_stop_start_target(self):
         # PartOf=halyard.target on the sockets: stopping the target stops
