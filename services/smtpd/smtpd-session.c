@@ -161,19 +161,44 @@ static void session_free(Session *s) {
                 (void) daemon_exit(m->daemon, 0);
 }
 
+/* One journal entry per session, with the TLS facts and the client
+ * certificate (what the policy and an operator chasing a relay decision
+ * want to see). */
 static void session_end(Session *s, const char *why) {
-        const char *tls = s->tls_active ? s->facts.version : "none";
-        char fields[6][600];
-        snprintf(fields[0], sizeof fields[0], "HALYARD_CLIENT_IP=%s", s->ip);
-        snprintf(fields[1], sizeof fields[1], "HALYARD_HELO=%s", s->helo);
-        snprintf(fields[2], sizeof fields[2], "HALYARD_TLS_VERSION=%s", tls ? tls : "none");
-        snprintf(fields[3], sizeof fields[3], "HALYARD_SESSION_ID=%s", s->id);
-        snprintf(fields[4], sizeof fields[4], "HALYARD_LISTENER=%s", listener_kind_to_string(s->listener->kind));
-        snprintf(fields[5], sizeof fields[5], "HALYARD_AUTH_USER=%s", s->auth_user);
-        log_full(LOG_INFO, 0, (const char *const[]){ fields[0], fields[1], fields[2], fields[3], fields[4],
-                                                    s->auth_user[0] ? fields[5] : NULL, NULL },
-                 "%s: session from %s (helo %s) ended: %s, %u messages", s->id, s->ip,
-                 s->helo[0] ? s->helo : "-", why, s->n_messages);
+        const SmtpdTlsFacts *t = &s->facts;
+        char f[13][700], tls[900] = "";
+        const char *fields[ELEMENTSOF(f) + 1];
+        size_t n = 0;
+#define FIELD(...) (void) (n < ELEMENTSOF(f) && (snprintf(f[n], sizeof f[n], __VA_ARGS__), fields[n] = f[n], n++))
+        FIELD("HALYARD_CLIENT_IP=%s", s->ip);
+        FIELD("HALYARD_HELO=%s", s->helo);
+        FIELD("HALYARD_SESSION_ID=%s", s->id);
+        FIELD("HALYARD_LISTENER=%s", listener_kind_to_string(s->listener->kind));
+        FIELD("HALYARD_TLS_VERSION=%s", s->tls_active && t->version ? t->version : "none");
+        if (s->auth_user[0])
+                FIELD("HALYARD_AUTH_USER=%s", s->auth_user);
+        if (s->tls_active) {
+                const char *verify = t->peer == SMTPD_TLS_PEER_VERIFIED ? "verified" : t->peer_verify_reason;
+                FIELD("HALYARD_TLS_CIPHER=%s", t->cipher ?: "unknown");
+                FIELD("HALYARD_TLS_RESUMED=%s", t->resumed ? "yes" : "no");
+                if (t->sni)
+                        FIELD("HALYARD_TLS_SNI=%s", t->sni);
+                if (t->peer != SMTPD_TLS_PEER_NONE) {
+                        FIELD("HALYARD_TLS_PEER_SUBJECT=%s", t->peer_subject);
+                        FIELD("HALYARD_TLS_PEER_ISSUER=%s", t->peer_issuer);
+                        FIELD("HALYARD_TLS_PEER_SHA256=%s", t->peer_sha256);
+                        FIELD("HALYARD_TLS_PEER_VERIFY=%s", verify ?: "not verified");
+                }
+                int k = snprintf(tls, sizeof tls, ", %s %s%s", t->version ?: "TLS", t->cipher ?: "",
+                                 t->resumed ? " resumed" : "");
+                if (t->peer != SMTPD_TLS_PEER_NONE && k > 0 && (size_t) k < sizeof tls)
+                        snprintf(tls + k, sizeof tls - (size_t) k, ", client certificate %s (%s%s)", t->peer_subject,
+                                 t->peer == SMTPD_TLS_PEER_VERIFIED ? "" : "not verified: ", verify ?: "");
+        }
+#undef FIELD
+        fields[n] = NULL;
+        log_full(LOG_INFO, 0, fields, "%s: session from %s (helo %s) ended: %s, %u messages%s%s%s", s->id, s->ip,
+                 s->helo[0] ? s->helo : "-", why, s->n_messages, tls, s->auth_user[0] ? ", user " : "", s->auth_user);
         session_free(s);
 }
 

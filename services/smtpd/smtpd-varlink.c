@@ -31,7 +31,7 @@ static int method_get_status(Varlink *link, json_object *parameters, VarlinkCall
         Manager *m = varlink_server_get_userdata(varlink_get_server(link));
         const SmtpdCounts *t = &m->stats.total;
         json_object *p = json_object_new_object(), *ls = json_object_new_array();
-        char summary[200];
+        char summary[300];
         uint64_t now;
         SmtpdCounts minute, hour;
 
@@ -39,8 +39,16 @@ static int method_get_status(Varlink *link, json_object *parameters, VarlinkCall
         smtpd_stats_last_minute(&m->stats, now / 1000000ULL, &minute);
         smtpd_stats_last_hour(&m->stats, now / 1000000ULL, &hour);
 
-        snprintf(summary, sizeof summary, "%u sessions, %llu messages accepted, %llu in the last hour", m->n_sessions,
-                 (unsigned long long) t->v[COUNT_ACCEPTED], (unsigned long long) hour.v[COUNT_ACCEPTED]);
+        uint64_t rejects_hour = 0;
+        for (unsigned r = 0; r < _REJECT_MAX; r++)
+                rejects_hour += hour.v[COUNT_REJECT_FIRST + r];
+        snprintf(summary, sizeof summary,
+                 "%u sessions open; accepted %llu in the last minute, %llu in the last hour, %llu in all; "
+                 "%llu rejects in the last hour; TLS %.0f%%",
+                 m->n_sessions, (unsigned long long) minute.v[COUNT_ACCEPTED],
+                 (unsigned long long) hour.v[COUNT_ACCEPTED], (unsigned long long) t->v[COUNT_ACCEPTED],
+                 (unsigned long long) rejects_hour,
+                 t->v[COUNT_SESSIONS] ? 100.0 * (double) t->v[COUNT_TLS_SESSIONS] / (double) t->v[COUNT_SESSIONS] : 0.0);
         json_object_object_add(p, "summary", json_object_new_string(summary));
         json_object_object_add(p, "version", json_object_new_string(HALYARD_VERSION));
         json_object_object_add(p, "sessions", json_object_new_int64(m->n_sessions));

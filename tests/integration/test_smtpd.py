@@ -10,6 +10,7 @@ GetStatus windows."""
 import base64
 import ctypes
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -498,6 +499,10 @@ class AuthTest(unittest.TestCase):
             s.sendmail("relay@client.test", ["x@foreign.example"], MESSAGE % "external relay")
         self.assertEqual(len(self.spool_with("hello external relay")), 1)
         self.assertIn("user relay-client: authenticated", self.smtpd.log())
+        # The session's log entry records the certificate and its verification.
+        entry = re.compile(r"ended: closed, 1 messages, TLS1\.3 [A-Z0-9-]+, "
+                           r"client certificate CN=relay-client,O=Test \(verified\), user relay-client")
+        wait_until(lambda: entry.search(self.smtpd.log()), 5, what="the session's log entry")
 
     def test_external_wrong_identity_or_untrusted_certificate(self):
         with self.connect(cert="client") as s:
@@ -507,6 +512,8 @@ class AuthTest(unittest.TestCase):
             self.assertNotIn("EXTERNAL", s.esmtp_features.get("auth", "").split())
             code, resp = s.docmd("AUTH", "EXTERNAL =")
             self.assertEqual((code, resp[:5]), (535, b"5.7.8"))
+        wait_until(lambda: "client certificate CN=relay-client (not verified: " in self.smtpd.log(), 5,
+                   what="the rogue certificate's session entry")
 
     def test_submission_requires_auth(self):
         with self.connect(port=self.smtpd.submission_port) as s:
