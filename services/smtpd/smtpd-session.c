@@ -197,6 +197,11 @@ static void session_end(Session *s, const char *why) {
         }
 #undef FIELD
         fields[n] = NULL;
+        /* close_notify (RFC 8446 6.1), so the client can tell our close from
+         * a truncation. One non-blocking try: the last reply is already out,
+         * so the socket has room, and nothing waits for the client's. */
+        if (s->tls_active && !s->eof)
+                (void) smtpd_tls_bye(s->tls);
         log_full(LOG_INFO, 0, fields, "%s: session from %s (helo %s) ended: %s, %u messages%s%s%s", s->id, s->ip,
                  s->helo[0] ? s->helo : "-", why, s->n_messages, tls, s->auth_user[0] ? ", user " : "", s->auth_user);
         session_free(s);

@@ -21,7 +21,7 @@ import unittest
 
 import harness
 from harness import BUILD_ROOT, VarlinkConn, wait_until
-from smtp_peers import free_port
+from smtp_peers import free_port, wait_port
 from test_queued import Queued
 
 SMTPD = BUILD_ROOT / "services" / "smtpd" / "halyard-smtpd"
@@ -311,6 +311,40 @@ class SmtpdTest(unittest.TestCase):
             code, resp = s.data(MESSAGE % ("x" * 70 + "\r\n") * 2000)
             self.assertEqual((code, resp[:5]), (552, b"5.3.4"))
 
+    def test_text_line_too_long(self):
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"EHLO text.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        for _ in range(4):
+            c.reply()
+        # 998 octets + CRLF is the limit (RFC 5321 4.5.3.1.6); 999 is refused
+        # at the end of the data, and nothing is queued.
+        c.send(b"Subject: long\r\n\r\n" + b"y" * 998 + b"\r\nlong-line-marker" + b"z" * 999 + b"\r\n.\r\n")
+        self.assertEqual(c.reply(), b"500 5.5.6 Message line longer than 1000 octets")
+        c.send(b"NOOP\r\n")
+        self.assertEqual(c.reply(), b"250 2.0.0 Ok")
+        c.close()
+        self.assertEqual(self.spool_with("long-line-marker"), [])
+
+    def test_total_connections(self):
+        other = Smtpd(self.tmp, self.q.socket, BASE_CONFIG + "MaxConnections=2\n", name="total").start()
+        try:
+            conns = [Raw(other.port) for _ in range(2)]
+            for c in conns:
+                self.assertTrue(c.reply().startswith(b"220 "))
+            extra = Raw(other.port)
+            self.assertEqual(extra.reply(), b"421 4.7.0 mx.halyard.test Too many connections, try again later")
+            extra.close()
+            conns.pop().close()
+            # A freed slot is usable again.
+            wait_until(lambda: other.status()["sessions"] == 1, 5, what="the closed session to end")
+            again = Raw(other.port)
+            self.assertTrue(again.reply().startswith(b"220 "))
+            again.close()
+            conns[0].close()
+        finally:
+            other.stop()
+
     def test_too_many_recipients(self):
         with smtplib.SMTP("127.0.0.1", self.smtpd.port, timeout=10) as s:
             s.ehlo("many.test")
@@ -359,10 +393,43 @@ class SmtpdTest(unittest.TestCase):
             other.stop()
 
     def test_status(self):
+        with smtplib.SMTP("127.0.0.1", self.smtpd.port, timeout=10) as s:
+            s.sendmail("a@client.test", ["bob@example.org"], MESSAGE % "status")
         st = self.smtpd.status()
         self.assertEqual([l["listener"] for l in st["listeners"]], ["smtp", "submission", "submissions"])
-        self.assertIn("messagesAccepted", st)
+        self.assertGreaterEqual(st["messagesAccepted"], 1)
         self.assertIsInstance(st["tlsShare"], float)
+        # Everything in this class ran within the last minute.
+        for window in ("lastMinute", "lastHour"):
+            self.assertEqual(st[window]["messagesAccepted"], st["messagesAccepted"])
+            self.assertEqual(st[window]["sessions"], st["sessionsTotal"])
+        self.assertEqual(st["total"]["messagesAccepted"], st["messagesAccepted"])
+        self.assertRegex(st["summary"], r"^\d+ sessions open; accepted \d+ in the last minute")
+
+    def test_socket_activated(self):
+        """Under systemd-socket-activate, the listeners come by name."""
+        port = free_port()
+        conf = self.tmp / "activated.conf"
+        conf.write_text(BASE_CONFIG + "Queue=unix:%s\n" % self.q.socket)
+        env = {k: v for k, v in os.environ.items() if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")}
+        env.update(HALYARD_CONFIG=str(conf), CREDENTIALS_DIRECTORY=str(self.tmp / "creds"))
+        log = open(self.tmp / "activated.stderr", "wb")
+        # systemd-socket-activate passes on only the variables named with -E.
+        p = subprocess.Popen([harness.SOCKET_ACTIVATE, "-l", "127.0.0.1:%d" % port, "--fdname=smtp",
+                              "-E", "HALYARD_CONFIG", "-E", "CREDENTIALS_DIRECTORY", str(SMTPD)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        harness._live_processes.append(p)
+        try:
+            wait_port(port, 5, p)
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                self.assertEqual(s.ehlo("activated.test")[0], 250)
+                s.sendmail("a@client.test", ["bob@example.org"], MESSAGE % "socket activated")
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(10)
+            log.close()
+        self.assertEqual(len(self.spool_with("hello socket activated")), 1)
+        self.assertIn("1 listeners", (self.tmp / "activated.stderr").read_text())
 
 
 def yescrypt(password):
