@@ -37,6 +37,8 @@ static const ConfigKey smtpd_config_keys[] = {
         { "Smtpd", "Timeout", CONFIG_DURATION },
         { "Smtpd", "SessionTimeout", CONFIG_DURATION },
         { "Smtpd", "MaxCommands", CONFIG_UINT },
+        /* reject (550 5.6.11, the default) or normalize (to CRLF). */
+        { "Smtpd", "BareNewline", CONFIG_STRING },
         /* A credential name: "user:crypt-hash" lines. */
         { "Smtpd", "AuthPasswordFile", CONFIG_STRING },
         { "Smtpd", "AuthPlaintext", CONFIG_BOOL },
@@ -205,6 +207,18 @@ static int load_config(Manager *m, bool check) {
         if (config_get_duration(c, "Smtpd", "SessionTimeout", &v) >= 0 && v >= 1000000ULL)
                 n.session_timeout_usec = v;
         n.auth_plaintext = config_get_bool(c, "Smtpd", "AuthPlaintext", &b) >= 0 && b;
+        if (config_get_string(c, "Smtpd", "BareNewline", &str) >= 0) {
+                if (strcmp(str, "normalize") == 0)
+                        n.normalize_bare_newline = true;
+                else if (strcmp(str, "reject") != 0) {
+                        const char *file = m->config_path;
+                        unsigned line = 0;
+                        (void) config_get_location(c, "Smtpd", "BareNewline", &file, &line);
+                        r = log_error_errno(-EINVAL, "%s:%u: error: BareNewline= must be reject or normalize, not \"%s\"",
+                                            file, line, str);
+                        goto out;
+                }
+        }
         n.received_auth_user = config_get_bool(c, "Smtpd", "ReceivedAuthUser", &b) >= 0 && b;
         if (config_get_uint(c, "Smtpd", "AuthMaxFailures", &v) >= 0 && v > 0)
                 n.auth_throttle.max_failures = (unsigned) MIN(v, 100000U);

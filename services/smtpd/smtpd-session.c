@@ -380,7 +380,8 @@ static int message_begin(Session *s, bool bdat) {
                 return r;
         SmtpDataOptions o = {
                 .max_size = s->manager->settings.max_message_size,
-                .flags = s->mail.body == SMTP_BODY_BINARYMIME ? SMTP_DATA_ALLOW_LONG_LINES : 0,
+                .flags = (s->mail.body == SMTP_BODY_BINARYMIME ? SMTP_DATA_ALLOW_LONG_LINES : 0) |
+                         (s->manager->settings.normalize_bare_newline ? SMTP_DATA_NORMALIZE_BARE_NEWLINE : 0),
                 .sink = memfd_sink,
                 .userdata = s,
         };

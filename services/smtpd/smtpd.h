@@ -73,6 +73,7 @@ typedef struct SmtpdSettings {
         uint64_t session_timeout_usec; /* whole session */
         char *queue_address;
         bool auth_plaintext;           /* PLAIN/LOGIN without TLS */
+        bool normalize_bare_newline;   /* bare CR/LF in DATA become CRLF instead of a 550 */
         bool received_auth_user;       /* name the user in Received: */
         bool tls_client_ca;            /* client certificates asked for and verified */
         AuthThrottleConfig auth_throttle;

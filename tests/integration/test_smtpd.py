@@ -268,6 +268,33 @@ class SmtpdTest(unittest.TestCase):
         c.close()
         self.assertEqual(self.spool_with("smuggle-one"), [])
 
+    def test_smuggling_normalized(self):
+        other = Smtpd(self.tmp, self.q.socket, BASE_CONFIG + "BareNewline=normalize\n", name="normalize").start()
+        try:
+            c = Raw(other.port)
+            c.reply()
+            c.send(b"EHLO smuggle.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+            for _ in range(4):
+                c.reply()
+            c.send(b"Subject: smuggle\r\n\r\nnormal-one\n.\nMAIL FROM:<evil@client.test>\r\n.\r\n")
+            # Accepted as one message: the bare LF became CRLF, but the dot
+            # after it neither ended the data nor was unstuffed.
+            self.assertTrue(c.reply().startswith(b"250 2.0.0 Ok: queued as "))
+            self.assertTrue(c.nothing_more())
+            c.close()
+        finally:
+            other.stop()
+        msgs = self.spool_with("normal-one")
+        self.assertEqual(len(msgs), 1)
+        self.assertIn(b"\r\n\r\nnormal-one\r\n.\r\nMAIL FROM:<evil@client.test>\r\n", msgs[0])
+
+    def test_bad_config_names_file_and_line(self):
+        conf = self.tmp / "bad.conf"
+        conf.write_text("[Smtpd]\nHostName=mx.halyard.test\nBareNewline=sometimes\n")
+        r = subprocess.run([str(SMTPD), "--check", "--config=%s" % conf], capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("%s:3: error: BareNewline= must be reject or normalize" % conf, r.stderr)
+
     def test_starttls_injection(self):
         c = Raw(self.smtpd.port)
         c.reply()
