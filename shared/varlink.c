@@ -55,6 +55,7 @@ struct VarlinkServer {
 
         Varlink **connections; /* unordered; link->server_index is its slot */
         unsigned n_connections;
+        bool draining;         /* connections end once nothing is owed on them */
         unsigned connections_max;
         size_t message_max;
         uint64_t n_calls;
@@ -1023,6 +1024,10 @@ static int varlink_process(Varlink *link) {
         if (r < 0)
                 return r;
 
+        /* Draining: a connection with no call in progress and its answers
+         * out is done; pipelined calls not yet taken are not answered. */
+        if (link->server && link->server->draining && !link->call_pending && out_pending(link) == 0)
+                return -ECONNRESET;
         if (link->read_eof) {
                 /* A peer that shut down its write side still gets the answers
                  * to everything it sent before. */
@@ -1326,6 +1331,19 @@ void varlink_server_stop_listening(VarlinkServer *s) {
         free(s->listeners);
         s->listeners = NULL;
         s->n_listeners = 0;
+}
+
+void varlink_server_drain(VarlinkServer *s) {
+        varlink_server_stop_listening(s);
+        s->draining = true;
+        /* From the end: a disconnect moves the last connection into its slot. */
+        for (unsigned i = s->n_connections; i > 0; i--) {
+                if (i > s->n_connections)
+                        continue;
+                Varlink *link = s->connections[i - 1];
+                if (!link->call_pending && out_pending(link) == 0)
+                        varlink_disconnect(link);
+        }
 }
 
 /* ---- client setup ------------------------------------------------------------ */

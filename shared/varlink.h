@@ -125,6 +125,10 @@ int varlink_server_listen_fd(VarlinkServer *s, int fd);
 int varlink_server_listen_address(VarlinkServer *s, const char *address, mode_t mode);
 /* Stops accepting new connections (SIGTERM drain); established ones go on. */
 void varlink_server_stop_listening(VarlinkServer *s);
+/* For a service stopping: stops listening, closes every connection that has
+ * no call in progress (idle clients, e.g. connection pools, must not hold
+ * the service up), and the others once their call is answered. */
+void varlink_server_drain(VarlinkServer *s);
 unsigned varlink_server_n_connections(VarlinkServer *s);
 /* Calls handled so far (all connections), for GetStatus. */
 uint64_t varlink_server_n_calls(VarlinkServer *s);

@@ -221,7 +221,7 @@ static void on_drain(Daemon *d, void *userdata) {
         Manager *m = userdata;
         /* New calls are refused; Enqueue calls in flight finish first (their
          * connections close after the answer), then we exit. */
-        varlink_server_stop_listening(m->varlink);
+        varlink_server_drain(m->varlink);
         if (varlink_server_n_connections(m->varlink) == m->n_monitors) {
                 (void) daemon_exit(d, 0);
                 return;

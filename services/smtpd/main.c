@@ -256,6 +256,7 @@ static int load_config(Manager *m, bool check) {
                 n = (SmtpdSettings) {};
                 smtpd_tls_context_unref(m->tls);
                 m->tls = TAKE_PTR(tls);
+                queue_pool_flush(m); /* the queue's address may have changed */
                 auth_passwd_free(m->passwd);
                 m->passwd = TAKE_PTR(passwd);
         }
@@ -340,6 +341,7 @@ static int listen_tcp(const char *spec) {
 
 static void manager_free(Manager *m) {
         sessions_free_all(m);
+        queue_pool_flush(m);
         for (unsigned k = 0; k < _LISTENER_MAX; k++)
                 listener_stop(&m->listeners[k]);
         varlink_server_free(m->varlink);

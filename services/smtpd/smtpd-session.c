@@ -89,6 +89,7 @@ struct Session {
         bool bdat_discard;   /* BDAT without a valid transaction: read and drop */
         bool bdat_started;
         Varlink *queue;
+        bool queue_reused;   /* from the idle pool: may have gone stale */
 };
 
 const char *listener_kind_to_string(ListenerKind k) {
@@ -400,13 +401,59 @@ static RejectReason data_problem_reason(SmtpDataProblem p) {
         }
 }
 
+/* ---- the queue connection pool --------------------------------------- */
+
+static Varlink *queue_pool_take(Manager *m) {
+        while (m->n_queue_idle > 0) {
+                Varlink *q = m->queue_idle[--m->n_queue_idle];
+                if (varlink_is_connected(q))
+                        return q;
+                varlink_unref(q);
+        }
+        return NULL;
+}
+
+static void queue_pool_give(Manager *m, Varlink *q) {
+        if (m->n_queue_idle < ELEMENTSOF(m->queue_idle) && varlink_is_connected(q) &&
+            !daemon_is_draining(m->daemon))
+                m->queue_idle[m->n_queue_idle++] = q;
+        else {
+                varlink_close(q);
+                varlink_unref(q);
+        }
+}
+
+void queue_pool_flush(Manager *m) {
+        while (m->n_queue_idle > 0) {
+                Varlink *q = m->queue_idle[--m->n_queue_idle];
+                varlink_close(q);
+                varlink_unref(q);
+        }
+}
+
+static void message_enqueue(Session *s, bool fresh);
+
 static int on_enqueue_reply(Varlink *link, json_object *parameters, const char *error,
                             VarlinkReplyFlags flags, void *userdata) {
         Session *s = userdata;
         if (s->queue != link) /* the session is going away */
                 return 0;
         s->queue = NULL;
-        varlink_unref(link);
+        if (error && s->queue_reused && streq_ptr(error, VARLINK_ERROR_DISCONNECTED)) {
+                /* The queue closed a pooled connection (e.g. it restarted)
+                 * before taking the call: once more on a new one. */
+                varlink_unref(link);
+                s->phase = PHASE_COMMAND;
+                message_enqueue(s, true);
+                if (s->phase == PHASE_QUEUE)
+                        return 0;
+                session_process(s);
+                return 0;
+        }
+        if (error)
+                varlink_unref(link);
+        else
+                queue_pool_give(s->manager, link);
 
         const char *id = NULL;
         json_object *v;
@@ -441,16 +488,20 @@ static int on_enqueue_reply(Varlink *link, json_object *parameters, const char *
         return 0;
 }
 
-/* The message is complete and acceptable: hand it to the queue. */
-static void message_enqueue(Session *s) {
+/* The message is complete and acceptable: hand it to the queue, on a
+ * pooled connection unless fresh. */
+static void message_enqueue(Session *s, bool fresh) {
         Manager *m = s->manager;
-        Varlink *q = NULL;
+        Varlink *q = fresh ? NULL : queue_pool_take(m);
         int r;
 
-        r = varlink_connect_address(m->event, m->settings.queue_address, &q);
-        if (r < 0)
-                goto fail;
-        varlink_set_timeout(q, 60ULL * 1000000ULL);
+        s->queue_reused = q != NULL;
+        if (!q) {
+                r = varlink_connect_address(m->event, m->settings.queue_address, &q);
+                if (r < 0)
+                        goto fail;
+                varlink_set_timeout(q, 60ULL * 1000000ULL);
+        }
         int fd = dup(s->memfd);
         if (fd < 0) {
                 r = -errno;
@@ -511,7 +562,7 @@ static void message_end(Session *s) {
                 transaction_reset(s);
                 return;
         }
-        message_enqueue(s);
+        message_enqueue(s, false);
 }
 
 /* ---- AUTH ------------------------------------------------------------ */

@@ -89,6 +89,11 @@ struct Manager {
         AuthVerifier *verifier;
         AuthThrottle *auth_throttle;
         VarlinkServer *varlink;
+        /* Idle connections to the queue, reused by the next message: a
+         * connect, an accept and a handshake less per message. Bounded well
+         * below the queue's connection limit. */
+        Varlink *queue_idle[16];
+        unsigned n_queue_idle;
         Listener listeners[_LISTENER_MAX];
 
         Session *sessions;
@@ -109,6 +114,7 @@ int listener_start(Manager *m, ListenerKind kind, int fd);
 void listener_stop(Listener *l);
 void sessions_drain(Manager *m);
 void sessions_free_all(Manager *m);
+void queue_pool_flush(Manager *m);
 
 /* smtpd-varlink.c */
 int smtpd_varlink_setup(Manager *m);

@@ -724,6 +724,35 @@ class SessionLimitsTest(unittest.TestCase):
         self.assertIn("session time limit", self.smtpd.log())
 
 
+class QueueRestartTest(unittest.TestCase):
+    def test_pooled_connection_survives_queue_restart(self):
+        """smtpd keeps idle connections to the queue for the next message; when
+        the queue restarted in between, the message goes over a new one
+        instead of getting a 451."""
+        tmp = harness.TempDir()
+        try:
+            q = Queued(tmp).start()
+            smtpd = Smtpd(tmp, q.socket).start()
+            try:
+                with smtplib.SMTP("127.0.0.1", smtpd.port, timeout=10) as s:
+                    s.ehlo("restart.test")
+                    s.sendmail("a@client.test", ["bob@example.org"], MESSAGE % "before restart")
+                    q.kill(signal.SIGTERM)
+                    os.unlink(q.socket)
+                    q.start()
+                    s.sendmail("a@client.test", ["bob@example.org"], MESSAGE % "after restart")
+                self.assertIn("accepted from", smtpd.log())
+                self.assertNotIn("queue-unavailable", smtpd.log())
+                for marker in (b"hello before restart", b"hello after restart"):
+                    self.assertEqual(len([p for p in q.spool.rglob("*") if p.is_file() and marker in p.read_bytes()]), 1)
+            finally:
+                smtpd.stop()
+                if q.proc.poll() is None:
+                    q.kill()
+        finally:
+            tmp.cleanup()
+
+
 class QueueDownTest(unittest.TestCase):
     def test_queue_down(self):
         tmp = harness.TempDir()
