@@ -274,7 +274,8 @@ static int on_reload(Daemon *d, void *userdata) {
 
 static void on_drain(Daemon *d, void *userdata) {
         Manager *m = userdata;
-        varlink_server_stop_listening(m->varlink);
+        varlink_server_drain(m->varlink);
+        queue_pool_flush(m);
         log_info("Draining: %u sessions open", m->n_sessions);
         sessions_drain(m);
 }
