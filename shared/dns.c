@@ -706,3 +706,21 @@ void dns_resolver_get_stats(DnsResolver *r, DnsStats *ret) {
         *ret = r->stats;
         ret->outstanding = r->n_outstanding;
 }
+
+int dns_resolver_new_from_config(sd_event *e, const Config *c, DnsResolver **ret) {
+        _cleanup_(config_strv_freep) char **forwarders = NULL, **zones = NULL;
+        DnsConfig dc = {};
+        uint64_t usec;
+        bool b;
+
+        (void) config_get_list(c, "DNS", "Forwarders", &forwarders);
+        (void) config_get_list(c, "DNS", "TransparentZones", &zones);
+        (void) config_get_string(c, "DNS", "TrustAnchor", &dc.trust_anchor_file);
+        if (config_get_bool(c, "DNS", "DNSSEC", &b) >= 0)
+                dc.no_dnssec = !b;
+        if (config_get_duration(c, "DNS", "Timeout", &usec) >= 0)
+                dc.timeout_usec = usec;
+        dc.forwarders = (const char *const *) forwarders;
+        dc.transparent_zones = (const char *const *) zones;
+        return dns_resolver_new(e, &dc, ret);
+}

@@ -39,6 +39,8 @@
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
+#include "config.h"
+
 typedef struct DnsResolver DnsResolver;
 typedef struct DnsQuery DnsQuery;
 
@@ -187,3 +189,15 @@ const char *dns_security_to_string(DnsSecurity s);
 const char *dns_type_to_string(uint16_t type); /* "A", "MX", ...; "?" for others */
 /* SERVFAIL, TIMEOUT, ERROR, CANCELED: try again later. */
 bool dns_status_is_temporary(DnsStatus s);
+
+/* The [DNS] section every service that resolves shares, for its ConfigKey
+ * table: Forwarders=, TrustAnchor=, TransparentZones=, DNSSEC=, Timeout=. */
+#define DNS_CONFIG_KEYS                                      \
+        { "DNS", "Forwarders", CONFIG_LIST },                \
+        { "DNS", "TrustAnchor", CONFIG_STRING },             \
+        { "DNS", "TransparentZones", CONFIG_LIST },          \
+        { "DNS", "DNSSEC", CONFIG_BOOL },                    \
+        { "DNS", "Timeout", CONFIG_DURATION }
+
+/* A resolver set up from c's [DNS] section. */
+int dns_resolver_new_from_config(sd_event *e, const Config *c, DnsResolver **ret);

@@ -16,6 +16,7 @@
 
 #include "log.h"
 #include "macro.h"
+#include "smtpd-policy.h"
 #include "smtpd.h"
 
 #define DEFAULT_MAX_MESSAGE_SIZE (50ULL * 1024 * 1024)
@@ -53,6 +54,13 @@ static const ConfigKey smtpd_config_keys[] = {
         { "Smtpd", "TLSKeys", CONFIG_LIST },
         { "Smtpd", "TLSPriority", CONFIG_STRING },
         { "Smtpd", "Queue", CONFIG_STRING },
+        /* The HPL entry file; unset: the built-in behaviour only. */
+        { "Smtpd", "Policy", CONFIG_STRING },
+        { "Smtpd", "PolicyTimeout", CONFIG_DURATION },
+        { "Smtpd", "PolicyStepBudget", CONFIG_UINT },
+        /* HOST:PORT or unix:/path of the Redis that rate(..., [shared => true]) uses. */
+        { "Smtpd", "RateRedis", CONFIG_STRING },
+        DNS_CONFIG_KEYS,
         {}
 };
 
@@ -62,6 +70,8 @@ static void settings_done(SmtpdSettings *c) {
         config_strv_free(c->relay_domains);
         free(c->permit);
         free(c->queue_address);
+        free(c->passwd_name);
+        free(c->policy_path);
         *c = (SmtpdSettings) {};
 }
 
@@ -173,6 +183,7 @@ static int load_config(Manager *m, bool check) {
         SmtpdSettings n = {};
         SmtpdTlsContext *tls = NULL;
         AuthPasswd *passwd = NULL;
+        PolicyGeneration *policy = NULL;
         bool b;
         uint64_t v;
         const char *str;
@@ -240,6 +251,44 @@ static int load_config(Manager *m, bool check) {
         r = load_passwd(c, &passwd);
         if (r < 0)
                 goto out;
+        n.passwd_name = strdup(config_get_string(c, "Smtpd", "AuthPasswordFile", &str) >= 0 && *str ? str
+                                                                                          : DEFAULT_PASSWORD_FILE);
+        if (!n.passwd_name) {
+                r = -ENOMEM;
+                goto out;
+        }
+        n.policy_timeout_usec = 30ULL * 1000000ULL;
+        if (config_get_duration(c, "Smtpd", "PolicyTimeout", &v) >= 0 && v >= 100000ULL)
+                n.policy_timeout_usec = v;
+        n.policy_step_budget = config_get_uint(c, "Smtpd", "PolicyStepBudget", &v) >= 0 && v > 0 ? v : 0;
+        if (config_get_string(c, "Smtpd", "Policy", &str) >= 0 && *str) {
+                n.policy_path = strdup(str);
+                if (!n.policy_path) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                /* A policy that does not load is refused like a bad config:
+                 * at start, and on reload (the old one keeps serving). */
+                r = smtpd_policy_load(n.policy_path, &policy);
+                if (r < 0) {
+                        log_error("Policy %s refused", n.policy_path);
+                        goto out;
+                }
+                if (!check && !m->redis && config_get_string(c, "Smtpd", "RateRedis", &str) >= 0 && *str) {
+                        r = smtpd_redis_new(m->event, str, &m->redis);
+                        if (r < 0) {
+                                log_error_errno(r, "RateRedis=%s: %m", str);
+                                goto out;
+                        }
+                }
+                if (!check && !m->resolver) {
+                        r = dns_resolver_new_from_config(m->event, c, &m->resolver);
+                        if (r < 0) {
+                                log_error_errno(r, "Failed to set up DNS for the policy: %m");
+                                goto out;
+                        }
+                }
+        }
         if (!check) {
                 /* A new throttle only when its settings changed: a reload must
                  * not forgive the failures counted so far. */
@@ -259,8 +308,16 @@ static int load_config(Manager *m, bool check) {
                 queue_pool_flush(m); /* the queue's address may have changed */
                 auth_passwd_free(m->passwd);
                 m->passwd = TAKE_PTR(passwd);
+                /* Transactions under way finish on the generation they started with. */
+                if (policy)
+                        log_info("Policy %s loaded", m->settings.policy_path);
+                else if (m->policy)
+                        log_info("Policy removed: the built-in behaviour applies");
+                policy_generation_unref(m->policy);
+                m->policy = TAKE_PTR(policy);
         }
 out:
+        policy_generation_unref(policy);
         settings_done(&n);
         auth_passwd_free(passwd);
         smtpd_tls_context_unref(tls);
@@ -346,6 +403,11 @@ static void manager_free(Manager *m) {
         for (unsigned k = 0; k < _LISTENER_MAX; k++)
                 listener_stop(&m->listeners[k]);
         varlink_server_free(m->varlink);
+        policy_generation_unref(m->policy);
+        policy_cache_free(m->policy_cache);
+        smtpd_rate_free(m->rate);
+        smtpd_redis_free(m->redis);
+        dns_resolver_free(m->resolver);
         auth_verifier_free(m->verifier);
         auth_throttle_free(m->auth_throttle);
         auth_passwd_free(m->passwd);
@@ -400,6 +462,14 @@ int main(int argc, char **argv) {
                 }
 
         log_setup("halyard-smtpd", LOG_TARGET_AUTO);
+        r = sd_event_default(&m.event);
+        if (r < 0)
+                return log_error_errno(r, "Failed to allocate event loop: %m"), 1;
+        r = policy_cache_new(&m.policy_cache);
+        if (r >= 0)
+                r = smtpd_rate_new(0, &m.rate);
+        if (r < 0)
+                return log_error_errno(r, "Failed to allocate: %m"), 1;
         r = load_config(&m, check);
         if (check || r < 0) {
                 if (r < 0)
@@ -409,9 +479,6 @@ int main(int argc, char **argv) {
         if (getrandom(&m.id_base, sizeof m.id_base, 0) != sizeof m.id_base)
                 m.id_base = (uint64_t) getpid() << 32;
 
-        r = sd_event_default(&m.event);
-        if (r < 0)
-                return log_error_errno(r, "Failed to allocate event loop: %m"), 1;
         r = auth_verifier_new(m.event, 2, 0, &m.verifier);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the password verifier: %m"), 1;

@@ -24,6 +24,7 @@
 #include "macro.h"
 #include "smtpd-command.h"
 #include "smtpd-data.h"
+#include "smtpd-policy.h"
 #include "smtpd.h"
 
 #define SESSION_IN_MAX (16U * 1024U)
@@ -37,6 +38,7 @@ typedef enum SessionPhase {
         PHASE_QUEUE,         /* waiting for Enqueue's answer */
         PHASE_AUTH,          /* a 334 challenge is out: the next line is the answer */
         PHASE_AUTH_WAIT,     /* password being verified, or the failure delay */
+        PHASE_POLICY,        /* the policy waits for a lookup */
         PHASE_STARTTLS,      /* 220 Ready being flushed; input is not read */
         PHASE_CLOSING,       /* last reply being flushed */
 } SessionPhase;
@@ -90,6 +92,14 @@ struct Session {
         bool bdat_started;
         Varlink *queue;
         bool queue_reused;   /* from the idle pool: may have gone stale */
+        size_t received_len; /* our Received: header at the start of memfd */
+
+        /* The policy: the phase under way, the command it decides, and
+         * $context carried from phase to phase. */
+        SmtpdPolicyTask *policy_task;
+        void (*policy_then)(Session *s, const PolicyResult *r);
+        SmtpCommand policy_cmd;
+        PolicyValue *policy_context;
 };
 
 const char *listener_kind_to_string(ListenerKind k) {
@@ -102,12 +112,12 @@ const char *reject_reason_to_string(RejectReason r) {
                 "relay-denied", "syntax", "bad-sequence", "too-many-recipients",
                 "message-too-large", "line-too-long", "bare-newline", "too-many-errors",
                 "timeout", "too-many-connections", "queue-unavailable", "auth-required", "tls-failed",
-                "auth-failed", "too-many-commands",
+                "auth-failed", "too-many-commands", "policy",
         };
         return r < _REJECT_MAX ? t[r] : NULL;
 }
 
-static uint64_t now_usec(Manager *m) {
+uint64_t manager_now_usec(Manager *m) {
         uint64_t now;
         if (sd_event_now(m->event, CLOCK_MONOTONIC, &now) < 0) {
                 struct timespec ts;
@@ -118,10 +128,11 @@ static uint64_t now_usec(Manager *m) {
 }
 
 void manager_count(Manager *m, unsigned what) {
-        smtpd_stats_add(&m->stats, now_usec(m) / 1000000ULL, what);
+        smtpd_stats_add(&m->stats, manager_now_usec(m) / 1000000ULL, what);
 }
 
 static void session_process(Session *s);
+static void format_ip(const struct sockaddr_storage *sa, char *buf, size_t n);
 static void session_update_events(Session *s);
 static void session_after(Session *s);
 
@@ -137,6 +148,8 @@ static void session_free(Session *s) {
         }
         if (s->auth_req)
                 auth_verify_cancel(m->verifier, s->auth_req);
+        smtpd_policy_task_free(s->policy_task);
+        policy_value_unref(s->policy_context);
         auth_sasl_clear(&s->sasl);
         sd_event_source_disable_unref(s->auth_delay);
         if (s->prev)
@@ -368,6 +381,7 @@ static int write_received(Session *s) {
                 return -ENOMEM;
         int r = memfd_sink(h, (size_t) n, s);
         free(h);
+        s->received_len = (size_t) n;
         return r;
 }
 
@@ -554,6 +568,32 @@ fail:
         transaction_reset(s);
 }
 
+static bool policy_has(Session *s, PolicyPhase phase);
+static void session_policy(Session *s, PolicyPhase phase, PolicyValue *arguments,
+                           void (*then)(Session *s, const PolicyResult *r));
+static bool policy_refused(Session *s, const PolicyResult *r);
+
+/* End of data: header edits from the policy, then the queue. */
+static void after_eod(Session *s, const PolicyResult *r) {
+        if (policy_refused(s, r)) {
+                transaction_reset(s);
+                return;
+        }
+        int fd = -1;
+        int k = smtpd_policy_edit_headers(s->memfd, s->received_len, r->actions, &fd);
+        if (k < 0) {
+                log_warning_errno(k, "%s: applying the policy's header edits failed: %m", s->id);
+                reply(s, "451 4.3.0 Local error, try again later");
+                transaction_reset(s);
+                return;
+        }
+        if (fd >= 0) {
+                safe_close(s->memfd);
+                s->memfd = fd;
+        }
+        message_enqueue(s, false);
+}
+
 /* The reader finished (DATA end marker, or the last BDAT chunk). */
 static void message_end(Session *s) {
         SmtpReplyError e;
@@ -562,7 +602,242 @@ static void message_end(Session *s) {
                 transaction_reset(s);
                 return;
         }
+        if (policy_has(s, POLICY_PHASE_EOD)) {
+                PolicyValue *args = policy_array_new(), *mail = NULL;
+                int r = args ? smtpd_policy_mail_object(s->memfd, &mail) : -ENOMEM;
+                if (r >= 0)
+                        r = policy_array_set_str(args, "mail", mail);
+                policy_value_unref(mail);
+                if (r < 0) {
+                        policy_value_unref(args);
+                        reply(s, "451 4.3.0 Local error, try again later");
+                        transaction_reset(s);
+                        return;
+                }
+                session_policy(s, POLICY_PHASE_EOD, args, after_eod);
+                return;
+        }
         message_enqueue(s, false);
+}
+
+/* ---- the policy ------------------------------------------------------ */
+
+/* The script's text for a reply line: no control octets. */
+static void reply_text_safe(char *out, size_t n, const char *in) {
+        size_t i = 0;
+        for (; in[i] && i + 1 < n; i++)
+                out[i] = (unsigned char) in[i] < 0x20 || in[i] == 0x7f ? ' ' : in[i];
+        out[i] = 0;
+}
+
+/* A verdict the script gave; the language's phase defaults (a handler that
+ * ends without one) give way to smtpd's built-in rules, which know the
+ * local domains and trusted clients. */
+static PolicyVerdict verdict_of(const PolicyResult *r) {
+        return r->by_default || r->no_handler ? POLICY_VERDICT_NONE : r->verdict;
+}
+
+static bool policy_has(Session *s, PolicyPhase phase) {
+        return s->manager->policy && policy_generation_has_handler(s->manager->policy, phase);
+}
+
+/* Sets key to v and drops v (NULL: out of memory). */
+static int set_take(PolicyValue *a, const char *key, PolicyValue *v) {
+        int r = v ? policy_array_set_str(a, key, v) : -ENOMEM;
+        policy_value_unref(v);
+        return r;
+}
+
+static int set_str(PolicyValue *a, const char *key, const char *v) {
+        return v ? set_take(a, key, policy_string_new_cstr(v)) : 0;
+}
+
+static PolicyValue *path_facts(const SmtpPath *p) {
+        PolicyValue *a = policy_array_new();
+        if (!a)
+                return NULL;
+        int r = set_str(a, "address", p->null ? "" : p->postmaster ? "postmaster" : p->address);
+        if (r >= 0)
+                r = set_str(a, "localpart", p->postmaster ? "postmaster" : p->local);
+        if (r >= 0)
+                r = set_str(a, "domain", p->domain);
+        return r < 0 ? policy_value_unref(a) : a;
+}
+
+static int sockaddr_facts(PolicyValue *a, const struct sockaddr_storage *sa, const char *ip_key, const char *port_key) {
+        char ip[INET6_ADDRSTRLEN];
+        format_ip(sa, ip, sizeof ip);
+        uint16_t port = sa->ss_family == AF_INET ? ntohs(((const struct sockaddr_in *) sa)->sin_port)
+                        : sa->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *) sa)->sin6_port) : 0;
+        int r = set_str(a, ip_key, ip);
+        return r < 0 ? r : set_take(a, port_key, policy_number_new(port));
+}
+
+/* $connection: what the policy may know about the client so far. */
+static PolicyValue *connection_facts(Session *s) {
+        const SmtpdTlsFacts *t = &s->facts;
+        struct sockaddr_storage local = {};
+        socklen_t len = sizeof local;
+        PolicyValue *c = policy_array_new();
+        if (!c)
+                return NULL;
+        int r = set_str(c, "id", s->id);
+        if (r >= 0)
+                r = sockaddr_facts(c, &s->sa, "remoteip", "remoteport");
+        if (r >= 0 && getsockname(s->fd, (struct sockaddr *) &local, &len) >= 0)
+                r = sockaddr_facts(c, &local, "localip", "localport");
+        if (r >= 0)
+                r = set_str(c, "serverid", s->manager->settings.hostname);
+        if (r >= 0)
+                r = set_str(c, "listener", listener_kind_to_string(s->listener->kind));
+        if (r >= 0 && s->helo[0]) {
+                PolicyValue *h = policy_array_new();
+                r = h ? set_str(h, "verb", s->ehlo ? "EHLO" : "HELO") : -ENOMEM;
+                if (r >= 0)
+                        r = set_str(h, "host", s->helo);
+                r = r < 0 ? (policy_value_unref(h), r) : set_take(c, "helo", h);
+        }
+        if (r >= 0 && s->tls_active) {
+                PolicyValue *tls = policy_array_new();
+                r = tls ? set_str(tls, "protocol", t->version) : -ENOMEM;
+                if (r >= 0)
+                        r = set_str(tls, "cipher", t->cipher);
+                if (r >= 0)
+                        r = set_str(tls, "sni", t->sni);
+                if (r >= 0 && t->peer != SMTPD_TLS_PEER_NONE) {
+                        PolicyValue *pc = policy_array_new();
+                        r = pc ? set_str(pc, "subject", t->peer_subject) : -ENOMEM;
+                        if (r >= 0)
+                                r = set_str(pc, "issuer", t->peer_issuer);
+                        if (r >= 0)
+                                r = set_str(pc, "cn", t->peer_cn);
+                        if (r >= 0)
+                                r = set_str(pc, "fingerprint_sha256", t->peer_sha256);
+                        if (r >= 0)
+                                r = set_take(pc, "verified", policy_value_ref(policy_bool(t->peer == SMTPD_TLS_PEER_VERIFIED)));
+                        r = r < 0 ? (policy_value_unref(pc), r) : set_take(tls, "peercert", pc);
+                }
+                r = r < 0 ? (policy_value_unref(tls), r) : set_take(c, "tls", tls);
+        }
+        if (r >= 0 && s->auth_user[0]) {
+                PolicyValue *a = policy_array_new();
+                r = a ? set_str(a, "mechanism", auth_mech_to_string(s->sasl.mech)) : -ENOMEM;
+                if (r >= 0)
+                        r = set_str(a, "username", s->auth_user);
+                r = r < 0 ? (policy_value_unref(a), r) : set_take(c, "auth", a);
+        }
+        return r < 0 ? policy_value_unref(c) : c;
+}
+
+/* $transaction: the sender and the recipients accepted so far. */
+static PolicyValue *transaction_facts(Session *s) {
+        PolicyValue *t = policy_array_new(), *rcpts = policy_array_new();
+        int r = t && rcpts ? 0 : -ENOMEM;
+        if (r >= 0 && s->have_mail)
+                r = set_take(t, "sender", path_facts(&s->mail.path));
+        for (size_t i = 0; r >= 0 && s->rcpts && i < json_object_array_length(s->rcpts); i++) {
+                json_object *a = json_object_object_get(json_object_array_get_idx(s->rcpts, i), "address");
+                PolicyValue *v = policy_string_new_cstr(json_object_get_string(a));
+                r = v ? policy_array_push(rcpts, v) : -ENOMEM;
+                policy_value_unref(v);
+        }
+        if (r >= 0)
+                r = set_take(t, "recipients", policy_value_ref(rcpts));
+        policy_value_unref(rcpts);
+        return r < 0 ? policy_value_unref(t) : t;
+}
+
+static void policy_log_actions(Session *s, const PolicyResult *r) {
+        for (size_t i = 0; r->actions && i < policy_array_size(r->actions); i++) {
+                PolicyValue *a = policy_array_value_at(r->actions, i);
+                PolicyValue *kind = policy_array_get_str(a, "action"), *level = policy_array_get_str(a, "level"),
+                            *msg = policy_array_get_str(a, "message"), *at = policy_array_get_str(a, "at");
+                if (!kind || policy_value_type(kind) != POLICY_TYPE_STRING ||
+                    strcmp(policy_value_string(kind, NULL), "log") != 0 || !msg || policy_value_type(msg) != POLICY_TYPE_STRING)
+                        continue;
+                const char *l = level && policy_value_type(level) == POLICY_TYPE_STRING ? policy_value_string(level, NULL) : "info";
+                int prio = strcmp(l, "debug") == 0 ? LOG_DEBUG : strcmp(l, "notice") == 0 ? LOG_NOTICE :
+                           strcmp(l, "warning") == 0 ? LOG_WARNING : strcmp(l, "error") == 0 ? LOG_ERR : LOG_INFO;
+                char ip[80], id[60], where[300];
+                snprintf(ip, sizeof ip, "HALYARD_CLIENT_IP=%s", s->ip);
+                snprintf(id, sizeof id, "HALYARD_SESSION_ID=%s", s->id);
+                snprintf(where, sizeof where, "HALYARD_POLICY_AT=%s",
+                         at && policy_value_type(at) == POLICY_TYPE_STRING ? policy_value_string(at, NULL) : "");
+                log_full(prio, 0, (const char *const[]){ ip, id, where, NULL }, "%s: policy: %s", s->id,
+                         policy_value_string(msg, NULL));
+        }
+}
+
+static void policy_finish(Session *s, const PolicyResult *r) {
+        SmtpdPolicyTask *t = TAKE_PTR(s->policy_task);
+        PolicyValue *ctx = t ? smtpd_policy_task_context(t) : NULL;
+        if (ctx) {
+                policy_value_unref(s->policy_context);
+                s->policy_context = policy_value_ref(ctx);
+        }
+        policy_log_actions(s, r);
+        if (r->failed)
+                log_warning("%s: policy failed, answering %u %s: %s", s->id, r->code, r->enhanced,
+                            r->error ?: "unknown error");
+        s->policy_then(s, r);
+        smtpd_policy_task_free(t); /* r is the task's */
+}
+
+static void on_policy_done(SmtpdPolicyTask *t, const PolicyResult *r, void *userdata) {
+        Session *s = userdata;
+        s->phase = PHASE_COMMAND;
+        policy_finish(s, r);
+        session_process(s);
+}
+
+/* Runs the policy's handler for phase; then() follows with the result, at
+ * once or when the policy's lookups are answered (the session reads no
+ * input meanwhile, so pipelined commands wait their turn). Takes arguments. */
+static void session_policy(Session *s, PolicyPhase phase, PolicyValue *arguments,
+                           void (*then)(Session *s, const PolicyResult *r)) {
+        PolicyValue *conn = connection_facts(s), *tx = transaction_facts(s);
+        PolicyRunParams p = { .connection = conn, .transaction = tx, .arguments = arguments, .context = s->policy_context };
+        int r = conn && tx && arguments ? 0 : -ENOMEM;
+
+        s->policy_then = then;
+        if (r >= 0)
+                r = smtpd_policy_start(s->manager, phase, &p, on_policy_done, s, &s->policy_task);
+        policy_value_unref(conn);
+        policy_value_unref(tx);
+        policy_value_unref(arguments);
+        if (r < 0) {
+                PolicyResult fail = { .verdict = POLICY_VERDICT_DEFER, .code = 451, .enhanced = "4.3.0",
+                                      .reason = (char *) "Temporary policy failure", .failed = true,
+                                      .error = (char *) strerror(-r) };
+                s->policy_task = NULL;
+                policy_finish(s, &fail);
+        } else if (r > 0)
+                policy_finish(s, smtpd_policy_task_result(s->policy_task));
+        else
+                s->phase = PHASE_POLICY;
+}
+
+/* For a Reject() or Defer() verdict: the reply, and true. */
+static bool policy_refused(Session *s, const PolicyResult *r) {
+        unsigned code;
+        const char *enhanced, *text;
+        char clean[400];
+
+        if (verdict_of(r) == POLICY_VERDICT_REJECT) {
+                code = r->code ?: 550;
+                enhanced = r->enhanced[0] ? r->enhanced : "5.7.1";
+                text = r->reason ?: "Rejected by policy";
+        } else if (verdict_of(r) == POLICY_VERDICT_DEFER) {
+                code = r->code ?: 451;
+                enhanced = r->enhanced[0] ? r->enhanced : "4.7.1";
+                text = r->reason ?: "Try again later";
+        } else
+                return false;
+        reply_text_safe(clean, sizeof clean, text);
+        reply_error(s, REJECT_POLICY, code, enhanced, clean);
+        if (r->disconnect)
+                s->phase = PHASE_CLOSING;
+        return true;
 }
 
 /* ---- AUTH ------------------------------------------------------------ */
@@ -626,7 +901,7 @@ static void auth_failed(Session *s, const char *user) {
         auth_log(s, LOG_NOTICE, user, "authentication failed");
         if (delay < 0)
                 delay = 1000000;
-        uint64_t when = now_usec(m) + (uint64_t) delay;
+        uint64_t when = manager_now_usec(m) + (uint64_t) delay;
         int r = s->auth_delay ? sd_event_source_set_time(s->auth_delay, when)
                               : sd_event_add_time(m->event, &s->auth_delay, CLOCK_MONOTONIC, when, 0, on_auth_delay, s);
         if (r >= 0)
@@ -653,8 +928,34 @@ static void on_auth_verified(int result, const char *user, void *userdata) {
         session_process(s);
 }
 
+static void auth_verify_builtin(Session *s);
+
+/* The policy decides AUTH: Accept() (optionally naming the user), Reject()
+ * (counted and delayed like a wrong password), Defer(), or no decision: the
+ * password file. */
+static void after_auth_policy(Session *s, const PolicyResult *r) {
+        switch (verdict_of(r)) {
+        case POLICY_VERDICT_ACCEPT:
+                auth_success(s, r->username && *r->username ? r->username : s->sasl.user);
+                return;
+        case POLICY_VERDICT_REJECT:
+                auth_failed(s, s->sasl.user);
+                return;
+        case POLICY_VERDICT_DEFER:
+                reply(s, "454 4.7.0 Temporary authentication failure");
+                auth_log(s, LOG_WARNING, s->sasl.user, r->failed ? "policy failed" : "deferred by policy");
+                auth_finish(s);
+                return;
+        default:
+                if (!s->manager->passwd) {
+                        auth_failed(s, s->sasl.user);
+                        return;
+                }
+                auth_verify_builtin(s);
+        }
+}
+
 static void auth_step(Session *s, const AuthStep *step) {
-        Manager *m = s->manager;
         switch (step->kind) {
         case AUTH_STEP_CHALLENGE:
                 reply(s, "334 %s", step->challenge);
@@ -679,6 +980,26 @@ static void auth_step(Session *s, const AuthStep *step) {
                 auth_success(s, cn);
                 return;
         }
+        if (policy_has(s, POLICY_PHASE_AUTH)) {
+                PolicyValue *args = policy_array_new();
+                int r = args ? set_str(args, "mechanism", auth_mech_to_string(s->sasl.mech)) : -ENOMEM;
+                if (r >= 0)
+                        r = set_str(args, "username", s->sasl.user);
+                if (r >= 0)
+                        r = set_str(args, "password", s->sasl.password);
+                /* The password stays until the verdict: no decision means
+                 * the password file checks it. */
+                if (r < 0)
+                        args = policy_value_unref(args);
+                session_policy(s, POLICY_PHASE_AUTH, args, after_auth_policy);
+                return;
+        }
+        auth_verify_builtin(s);
+}
+
+/* The password against the password file, off the loop. */
+static void auth_verify_builtin(Session *s) {
+        Manager *m = s->manager;
         s->phase = PHASE_AUTH_WAIT;
         int r = auth_verify(m->verifier, m->passwd, s->sasl.user, s->sasl.password, on_auth_verified, s, &s->auth_req);
         explicit_bzero(s->sasl.password, sizeof s->sasl.password);
@@ -763,6 +1084,27 @@ static void reply_ehlo(Session *s) {
         reply(s, "250 CHUNKING");
 }
 
+static void rcpt_builtin(Session *s, const SmtpCommand *cmd);
+static void rcpt_add(Session *s, const SmtpCommand *cmd);
+static void after_rcpt(Session *s, const PolicyResult *r);
+
+static void reply_helo(Session *s) {
+        if (s->ehlo)
+                reply_ehlo(s);
+        else
+                reply(s, "250 %s", s->manager->settings.hostname);
+}
+
+/* A refused HELO is forgotten: MAIL needs a new one. */
+static void after_helo(Session *s, const PolicyResult *r) {
+        if (policy_refused(s, r)) {
+                s->helo[0] = 0;
+                s->ehlo = false;
+                return;
+        }
+        reply_helo(s);
+}
+
 static void cmd_rcpt(Session *s, const SmtpCommand *cmd) {
         const SmtpdSettings *c = &s->manager->settings;
         if (!s->have_mail) {
@@ -773,12 +1115,40 @@ static void cmd_rcpt(Session *s, const SmtpCommand *cmd) {
                 reply_error(s, REJECT_TOO_MANY_RECIPIENTS, 452, "4.5.3", "Error: too many recipients");
                 return;
         }
+        if (policy_has(s, POLICY_PHASE_RCPTTO)) {
+                PolicyValue *args = policy_array_new();
+                s->policy_cmd = *cmd;
+                if (args && set_take(args, "address", path_facts(&cmd->path)) < 0)
+                        args = policy_value_unref(args);
+                session_policy(s, POLICY_PHASE_RCPTTO, args, after_rcpt);
+                return;
+        }
+        rcpt_builtin(s, cmd);
+}
+
+/* Without a decision from the policy: local and relay domains, or a
+ * trusted client. Never an open relay. */
+static void rcpt_builtin(Session *s, const SmtpCommand *cmd) {
+        const SmtpdSettings *c = &s->manager->settings;
         bool ok = cmd->path.postmaster || client_trusted(s) ||
                   domain_in(c->local_domains, cmd->path.domain) || domain_in(c->relay_domains, cmd->path.domain);
         if (!ok) {
                 reply_error(s, REJECT_RELAY_DENIED, 554, "5.7.1", "Relay access denied");
                 return;
         }
+        rcpt_add(s, cmd);
+}
+
+static void after_rcpt(Session *s, const PolicyResult *r) {
+        if (policy_refused(s, r))
+                return;
+        if (verdict_of(r) == POLICY_VERDICT_ACCEPT)
+                rcpt_add(s, &s->policy_cmd);
+        else
+                rcpt_builtin(s, &s->policy_cmd);
+}
+
+static void rcpt_add(Session *s, const SmtpCommand *cmd) {
         json_object *r = json_object_new_object();
         json_object_object_add(r, "address", json_object_new_string(cmd->path.postmaster ? "postmaster" : cmd->path.address));
         if (cmd->notify) {
@@ -802,6 +1172,9 @@ static void cmd_rcpt(Session *s, const SmtpCommand *cmd) {
         reply(s, "250 2.1.5 Ok");
 }
 
+static void mail_accept(Session *s, const SmtpCommand *cmd);
+static void after_mail(Session *s, const PolicyResult *r);
+
 static void cmd_mail(Session *s, const SmtpCommand *cmd) {
         const SmtpdSettings *c = &s->manager->settings;
         if (!s->helo[0]) {
@@ -820,10 +1193,27 @@ static void cmd_mail(Session *s, const SmtpCommand *cmd) {
                 reply_error(s, REJECT_MESSAGE_TOO_LARGE, 552, "5.3.4", "Message size exceeds fixed limit");
                 return;
         }
+        if (policy_has(s, POLICY_PHASE_MAILFROM)) {
+                PolicyValue *args = policy_array_new();
+                s->policy_cmd = *cmd;
+                if (args && set_take(args, "address", path_facts(&cmd->path)) < 0)
+                        args = policy_value_unref(args);
+                session_policy(s, POLICY_PHASE_MAILFROM, args, after_mail);
+                return;
+        }
+        mail_accept(s, cmd);
+}
+
+static void mail_accept(Session *s, const SmtpCommand *cmd) {
         s->mail = *cmd;
         s->have_mail = true;
         s->rcpts = json_object_new_array();
         reply(s, "250 2.1.0 Ok");
+}
+
+static void after_mail(Session *s, const PolicyResult *r) {
+        if (!policy_refused(s, r))
+                mail_accept(s, &s->policy_cmd);
 }
 
 static void start_data(Session *s, bool bdat, const SmtpCommand *cmd) {
@@ -923,10 +1313,17 @@ static void handle_line(Session *s, const char *line, size_t len, bool too_long)
                 transaction_reset(s);
                 snprintf(s->helo, sizeof s->helo, "%s", cmd.arg);
                 s->ehlo = cmd.verb == SMTP_VERB_EHLO;
-                if (s->ehlo)
-                        reply_ehlo(s);
-                else
-                        reply(s, "250 %s", s->manager->settings.hostname);
+                if (policy_has(s, POLICY_PHASE_HELO)) {
+                        PolicyValue *args = policy_array_new();
+                        int r = args ? set_str(args, "verb", s->ehlo ? "EHLO" : "HELO") : -ENOMEM;
+                        if (r >= 0)
+                                r = set_str(args, "host", s->helo);
+                        if (r < 0)
+                                args = policy_value_unref(args);
+                        session_policy(s, POLICY_PHASE_HELO, args, after_helo);
+                        break;
+                }
+                reply_helo(s);
                 break;
         case SMTP_VERB_MAIL:
                 cmd_mail(s, &cmd);
@@ -1055,7 +1452,7 @@ static void session_process(Session *s) {
                 memmove(s->in, s->in + n, s->in_n - n);
                 s->in_n -= n;
         }
-        if (s->eof && s->phase != PHASE_QUEUE && s->phase != PHASE_AUTH_WAIT) {
+        if (s->eof && s->phase != PHASE_QUEUE && s->phase != PHASE_AUTH_WAIT && s->phase != PHASE_POLICY) {
                 (void) session_flush(s);
                 session_end(s, "client disconnected");
                 return;
@@ -1067,6 +1464,34 @@ static void session_process(Session *s) {
 
 static void session_fail(Session *s, const char *why) {
         session_end(s, why);
+}
+
+/* A refusal at connect closes: 554 (RFC 5321 3.1) or 421. */
+static void after_connect(Session *s, const PolicyResult *r) {
+        s->greeted = true;
+        if (verdict_of(r) == POLICY_VERDICT_REJECT || verdict_of(r) == POLICY_VERDICT_DEFER) {
+                bool reject = verdict_of(r) == POLICY_VERDICT_REJECT;
+                char text[300];
+                reply_text_safe(text, sizeof text, r->reason ?: reject ? "Service refused" : "Service not available, try again later");
+                reply(s, "%u %s %s %s", r->code ?: (reject ? 554 : 421),
+                      r->enhanced[0] ? r->enhanced : reject ? "5.7.1" : "4.7.1", s->manager->settings.hostname, text);
+                reject_log(s, REJECT_POLICY, r->reason ?: "refused at connect");
+                s->phase = PHASE_CLOSING;
+                return;
+        }
+        reply(s, "220 %s ESMTP halyard", s->manager->settings.hostname);
+}
+
+static void session_greet(Session *s) {
+        if (!policy_has(s, POLICY_PHASE_CONNECT)) {
+                s->greeted = true;
+                reply(s, "220 %s ESMTP halyard", s->manager->settings.hostname);
+                return;
+        }
+        PolicyValue *args = policy_array_new();
+        if (args && sockaddr_facts(args, &s->sa, "remoteip", "remoteport") < 0)
+                args = policy_value_unref(args);
+        session_policy(s, POLICY_PHASE_CONNECT, args, after_connect);
 }
 
 static int start_tls(Session *s) {
@@ -1098,10 +1523,8 @@ static void do_handshake(Session *s) {
         s->tls_active = true;
         manager_count(s->manager, COUNT_TLS_SESSIONS);
         s->phase = PHASE_COMMAND;
-        if (!s->greeted) {
-                s->greeted = true;
-                reply(s, "220 %s ESMTP halyard", s->manager->settings.hostname);
-        }
+        if (!s->greeted)
+                session_greet(s);
         session_process(s);
 }
 
@@ -1174,7 +1597,7 @@ static void session_update_events(Session *s) {
 /* The idle timeout from now, or the end of the session's time if sooner. */
 static void session_timer_reset(Session *s) {
         const SmtpdSettings *c = &s->manager->settings;
-        uint64_t at = MIN(now_usec(s->manager) + c->timeout_usec, s->started_usec + c->session_timeout_usec);
+        uint64_t at = MIN(manager_now_usec(s->manager) + c->timeout_usec, s->started_usec + c->session_timeout_usec);
         (void) sd_event_source_set_time(s->timer, at);
         (void) sd_event_source_set_enabled(s->timer, SD_EVENT_ONESHOT);
 }
@@ -1234,8 +1657,9 @@ static int on_io(sd_event_source *es, int fd, uint32_t revents, void *userdata) 
 static int on_timer(sd_event_source *es, uint64_t usec, void *userdata) {
         Session *s = userdata;
         Manager *m = s->manager;
-        if (s->phase == PHASE_QUEUE || s->phase == PHASE_AUTH_WAIT) {
-                /* Not the client's doing; the queue's own timeout ends the wait. */
+        if (s->phase == PHASE_QUEUE || s->phase == PHASE_AUTH_WAIT || s->phase == PHASE_POLICY) {
+                /* Not the client's doing; the queue's timeout, the delay or the
+                 * policy's deadline ends the wait. */
                 (void) sd_event_source_set_time(s->timer, usec + m->settings.timeout_usec);
                 (void) sd_event_source_set_enabled(s->timer, SD_EVENT_ONESHOT);
                 return 0;
@@ -1338,7 +1762,7 @@ static int on_accept(sd_event_source *es, int lfd, uint32_t revents, void *userd
                 m->sessions = s;
                 m->n_sessions++;
                 manager_count(m, COUNT_SESSIONS);
-                s->started_usec = now_usec(m);
+                s->started_usec = manager_now_usec(m);
                 l->n_open++;
                 l->n_total++;
                 int r = sd_event_add_io(m->event, &s->io, fd, EPOLLIN, on_io, s);
@@ -1358,8 +1782,7 @@ static int on_accept(sd_event_source *es, int lfd, uint32_t revents, void *userd
                         continue;
                 }
                 s->phase = PHASE_COMMAND;
-                s->greeted = true;
-                reply(s, "220 %s ESMTP halyard", m->settings.hostname);
+                session_greet(s);
                 session_after(s);
         }
         return 0;

@@ -69,9 +69,47 @@ static int method_get_status(Varlink *link, json_object *parameters, VarlinkCall
         json_object_object_add(p, "total", counts_json(t));
         json_object_object_add(p, "lastMinute", counts_json(&minute));
         json_object_object_add(p, "lastHour", counts_json(&hour));
+        if (m->policy && m->settings.policy_path)
+                json_object_object_add(p, "policy", json_object_new_string(m->settings.policy_path));
         int r = varlink_reply(link, p);
         json_object_put(p);
         return r;
+}
+
+static int method_policy_cache_list(Varlink *link, json_object *parameters, VarlinkCallFlags flags, void *userdata) {
+        Manager *m = varlink_server_get_userdata(varlink_get_server(link));
+        json_object *stats = NULL, *out = json_object_new_array();
+        int r = policy_cache_stats(m->policy_cache, &stats);
+        if (r < 0) {
+                json_object_put(out);
+                return varlink_error_errno(link, r);
+        }
+        /* The library's names, in the interface's spelling. */
+        static const char *const keys[][2] = {
+                { "namespace", "namespace" }, { "function", "function" }, { "size", "size" }, { "max_size", "maxSize" },
+                { "hits", "hits" }, { "misses", "misses" }, { "evicts", "evicts" },
+        };
+        for (size_t i = 0; i < json_object_array_length(stats); i++) {
+                json_object *b = json_object_array_get_idx(stats, i), *o = json_object_new_object(), *v;
+                for (size_t k = 0; k < ELEMENTSOF(keys); k++)
+                        if (json_object_object_get_ex(b, keys[k][0], &v))
+                                json_object_object_add(o, keys[k][1], json_object_get(v));
+                json_object_array_add(out, o);
+        }
+        json_object_put(stats);
+        json_object *p = json_object_new_object();
+        json_object_object_add(p, "buckets", out);
+        r = varlink_reply(link, p);
+        json_object_put(p);
+        return r;
+}
+
+static int method_policy_cache_clear(Varlink *link, json_object *parameters, VarlinkCallFlags flags, void *userdata) {
+        Manager *m = varlink_server_get_userdata(varlink_get_server(link));
+        json_object *ns = NULL;
+        (void) json_object_object_get_ex(parameters, "namespace", &ns);
+        policy_cache_clear(m->policy_cache, ns && json_object_is_type(ns, json_type_string) ? json_object_get_string(ns) : NULL);
+        return varlink_reply(link, NULL);
 }
 
 int smtpd_varlink_setup(Manager *m) {
@@ -88,5 +126,10 @@ int smtpd_varlink_setup(Manager *m) {
         r = varlink_server_add_interface(m->varlink, io_halyard_Smtpd_varlink);
         if (r < 0)
                 return r;
-        return varlink_server_bind(m->varlink, "io.halyard.Smtpd.GetStatus", method_get_status);
+        r = varlink_server_bind(m->varlink, "io.halyard.Smtpd.GetStatus", method_get_status);
+        if (r >= 0)
+                r = varlink_server_bind(m->varlink, "io.halyard.Smtpd.PolicyCacheList", method_policy_cache_list);
+        if (r >= 0)
+                r = varlink_server_bind(m->varlink, "io.halyard.Smtpd.PolicyCacheClear", method_policy_cache_clear);
+        return r;
 }

@@ -12,7 +12,11 @@
 
 #include "config.h"
 #include "daemon.h"
+#include "dns.h"
+#include "policy.h"
 #include "smtpd-auth.h"
+#include "smtpd-rate.h"
+#include "smtpd-redis.h"
 #include "smtpd-stats.h"
 #include "smtpd-tls.h"
 #include "varlink.h"
@@ -40,6 +44,7 @@ typedef enum RejectReason {
         REJECT_TLS_FAILED,
         REJECT_AUTH_FAILED,
         REJECT_TOO_MANY_COMMANDS,
+        REJECT_POLICY,
         _REJECT_MAX,
 } RejectReason;
 
@@ -77,6 +82,10 @@ typedef struct SmtpdSettings {
         bool received_auth_user;       /* name the user in Received: */
         bool tls_client_ca;            /* client certificates asked for and verified */
         AuthThrottleConfig auth_throttle;
+        char *passwd_name;             /* the password file's credential name */
+        char *policy_path;             /* NULL: the built-in behaviour */
+        uint64_t policy_timeout_usec;  /* per phase */
+        uint64_t policy_step_budget;
 } SmtpdSettings;
 
 struct Manager {
@@ -88,6 +97,11 @@ struct Manager {
         AuthPasswd *passwd;            /* NULL: no PLAIN/LOGIN */
         AuthVerifier *verifier;
         AuthThrottle *auth_throttle;
+        PolicyGeneration *policy;      /* NULL: no policy configured */
+        PolicyCache *policy_cache;
+        SmtpdRate *rate;
+        SmtpdRedis *redis;             /* rate(..., [shared => true]) across hosts */
+        DnsResolver *resolver;         /* for the policy's lookups */
         VarlinkServer *varlink;
         /* Idle connections to the queue, reused by the next message: a
          * connect, an accept and a handshake less per message. Bounded well
@@ -106,6 +120,8 @@ struct Manager {
 
 const char *listener_kind_to_string(ListenerKind k);
 const char *reject_reason_to_string(RejectReason r);
+/* CLOCK_MONOTONIC as the loop sees it. */
+uint64_t manager_now_usec(Manager *m);
 /* Counts one event (SmtpdCount, or COUNT_REJECT_FIRST + a RejectReason) now. */
 void manager_count(Manager *m, unsigned what);
 

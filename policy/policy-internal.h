@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Shared between the checker, the compiler and the VM; not for embedders. */
+
+#include "policy-builtins.h"
+#include "policy.h"
+
+typedef enum PolicyOpcode {
+        OPC_PUSH_CONST,         /* a: constant pool index */
+        OPC_LOAD_LOCAL,         /* a: slot */
+        OPC_STORE_LOCAL,        /* a: slot; pops */
+        OPC_LOAD_GLOBAL,        /* a: global (const declaration) index */
+        OPC_LOAD_SPECIAL,       /* a: PolicySpecial */
+        OPC_STORE_CONTEXT,      /* pops into $context */
+        OPC_SET_PATH,           /* a: slot (-1: $context), b: n keys, c: append; pops keys and value */
+        OPC_INDEX,              /* pops key, container; pushes element */
+        OPC_POP,
+        OPC_UNARY,              /* a: PolicyOp */
+        OPC_BINARY,             /* a: PolicyOp */
+        OPC_TO_BOOL,
+        OPC_MATCH,              /* a: regex index */
+        OPC_JUMP,               /* a: target */
+        OPC_JUMP_IF_FALSE,      /* pops; a: target */
+        OPC_JUMP_IF_NOT_NONE_POP, /* pops; jumps when it was not none */
+        OPC_COALESCE,           /* not none: keep and jump to a; none: pop */
+        OPC_INTERP,             /* a: n parts popped, concatenated */
+        OPC_NEW_ARRAY,
+        OPC_ARRAY_PUSH,         /* pops value, appends to the array below */
+        OPC_ARRAY_SET,          /* pops value and key, sets in the array below */
+        OPC_CALL_BUILTIN,       /* a: builtin index, b: argc, c: cache site or -1, d: regex index or -1 */
+        OPC_CALL_FUNC,          /* a: function index, b: argc, c: cache site or -1 */
+        OPC_RETURN,             /* pops the return value */
+        OPC_END,                /* end of a handler without verdict */
+        OPC_FOREACH_INIT,       /* a: hidden slot pair; pops the collection */
+        OPC_FOREACH_NEXT,       /* a: hidden slot pair, b: key slot or -1, c: value slot, d: exit target */
+        _OPC_MAX,
+} PolicyOpcode;
+
+typedef enum PolicySpecial {
+        SPECIAL_CONNECTION,
+        SPECIAL_TRANSACTION,
+        SPECIAL_ARGUMENTS,
+        SPECIAL_CONTEXT,
+        SPECIAL_SENDERIP,
+        SPECIAL_SENDERHELO,
+        SPECIAL_SASLUSERNAME,
+        _SPECIAL_MAX,
+} PolicySpecial;
+
+typedef struct PolicyInsn {
+        uint8_t op;
+        int32_t a, b, c, d;
+        PolicyLoc loc;
+} PolicyInsn;
+
+typedef struct PolicyCode {
+        const char *name;       /* function name or phase */
+        PolicyInsn *insns;
+        size_t n, cap;
+        unsigned n_params;
+        unsigned n_locals;      /* params included */
+} PolicyCode;
+
+typedef struct PolicyCacheSite {
+        char *namespace;        /* NULL: "" */
+        double ttl;             /* seconds; 0 = look up only, never store */
+        unsigned size;
+        uint32_t argv_mask;     /* bit i: argument i+1 is part of the key */
+        bool force;
+        bool flush_on_reload;
+} PolicyCacheSite;
+
+struct PolicyGeneration {
+        unsigned refcount;
+        uint64_t id;
+        PolicyArena *arena;
+        PolicyFile *files;
+        size_t n_files;
+        PolicyCode *functions;
+        size_t n_functions;
+        PolicyCode *handlers[_POLICY_PHASE_MAX]; /* NULL: no handler */
+        PolicyValue **consts;    /* constant pool */
+        size_t n_consts, cap_consts;
+        PolicyValue **globals;   /* const declarations, evaluated at load */
+        size_t n_globals;
+        const regex_t **regexes;
+        size_t n_regexes, cap_regexes;
+        PolicyCacheSite *cache_sites;
+        size_t n_cache_sites;
+};
+
+/* What the checker hands the compiler. */
+typedef struct PolicyProgram {
+        PolicyNode **functions;  /* NODE_FUNCTION, indexed like generation->functions */
+        size_t n_functions;
+        PolicyNode *handlers[_POLICY_PHASE_MAX];
+        PolicyNode **globals;    /* NODE_CONST */
+        size_t n_globals;
+        PolicyNode **cache_nodes; /* NODE_CACHE, indexed by cache_site */
+        size_t n_cache_nodes;
+} PolicyProgram;
+
+void policy_program_done(PolicyProgram *p);
+
+/* Resolves names, checks every rule and evaluates const declarations into
+ * g->globals. Errors go to diags; returns -EINVAL if there were any. */
+int policy_check(PolicyGeneration *g, PolicyProgram *prog, PolicyDiags *diags);
+/* Emits bytecode for a checked program into g. */
+int policy_compile(PolicyGeneration *g, const PolicyProgram *prog);
+
+/* Evaluation shared by the VM and the constant folder. On a type error
+ * returns -EINVAL with a message in err. */
+int policy_eval_unary(PolicyOp op, PolicyValue *a, PolicyValue **ret, char *err, size_t errsize);
+int policy_eval_binary(PolicyOp op, PolicyValue *a, PolicyValue *b, PolicyValue **ret, char *err, size_t errsize);
+int policy_eval_index(PolicyValue *c, PolicyValue *key, PolicyValue **ret, char *err, size_t errsize);
+int policy_eval_concat(PolicyValue *const *parts, size_t n, PolicyValue **ret, char *err, size_t errsize);
+
+/* Cache internals used by the VM. Returns 1 on a hit (ret set), 0 on a miss. */
+int policy_cache_lookup(PolicyCache *c, const char *namespace, const char *function, const char *key,
+                        uint64_t now_usec, uint64_t generation, bool same_generation_only, PolicyValue **ret);
+int policy_cache_store(PolicyCache *c, const char *namespace, const char *function, const char *key,
+                       PolicyValue *value, uint64_t ttl_usec, unsigned size, uint64_t now_usec, uint64_t generation);
+
+extern const char *const policy_special_names[_SPECIAL_MAX];

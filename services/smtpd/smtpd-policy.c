@@ -1,0 +1,673 @@
+/* SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dns.h"
+#include "log.h"
+#include "smtpd-policy.h"
+#include "smtpd-redis.h"
+#include "smtpd.h"
+
+/* The header block we read for the Mail object and header edits. */
+#define HEADER_BLOCK_MAX (1024U * 1024U)
+#define HEADER_FIELDS_MAX 1000U
+
+struct SmtpdPolicyTask {
+        Manager *manager;
+        PolicyRun *run;
+        SmtpdPolicyDone done;
+        void *userdata;
+        bool starting;                 /* inside smtpd_policy_start() */
+        bool finished;
+
+        sd_event_source *deadline;
+        sd_event_source *call_timer;   /* the suspended call's own timeout */
+        DnsQuery *dns;
+        AuthVerifyRequest *verify;
+        SmtpdRedisRequest *redis;
+        bool rate_count_only;
+        uint16_t dns_type;
+        bool dnsbl;
+};
+
+int smtpd_policy_load(const char *path, PolicyGeneration **ret) {
+        PolicyDiags diags = {};
+        int r = policy_generation_load(path, NULL, &diags, ret);
+        policy_diags_sort(&diags);
+        for (size_t i = 0; i < diags.n; i++) {
+                char line[1024];
+                policy_diag_format(&diags.items[i], line, sizeof line);
+                if (diags.items[i].level == POLICY_DIAG_ERROR)
+                        log_error("%s", line);
+                else
+                        log_warning("%s", line);
+        }
+        if (r < 0 && diags.n_errors == 0)
+                log_error_errno(r, "Policy %s: %m", path);
+        policy_diags_done(&diags);
+        return r;
+}
+
+/* ---- answering suspended calls ----------------------------------------- */
+
+static PolicyValue *error_value(const char *text) {
+        PolicyValue *a = policy_array_new();
+        PolicyValue *s = policy_string_new_cstr(text);
+        if (!a || !s || policy_array_set_str(a, "error", s) < 0) {
+                policy_value_unref(a);
+                a = NULL;
+        }
+        policy_value_unref(s);
+        return a;
+}
+
+static void task_step(SmtpdPolicyTask *t);
+
+static void task_cancel_io(SmtpdPolicyTask *t) {
+        if (t->dns) {
+                dns_query_cancel(t->dns);
+                t->dns = NULL;
+        }
+        if (t->verify) {
+                auth_verify_cancel(t->manager->verifier, t->verify);
+                t->verify = NULL;
+        }
+        if (t->redis) {
+                smtpd_redis_cancel(t->redis);
+                t->redis = NULL;
+        }
+        if (t->call_timer)
+                (void) sd_event_source_set_enabled(t->call_timer, SD_EVENT_OFF);
+}
+
+/* The answer to the pending call; the run goes on. Takes v. */
+static void task_answer(SmtpdPolicyTask *t, PolicyValue *v) {
+        task_cancel_io(t);
+        if (!v)
+                (void) policy_run_abort(t->run, "out of memory");
+        else if (policy_run_resume(t->run, v) < 0)
+                (void) policy_run_abort(t->run, "resume failed");
+        policy_value_unref(v);
+        task_step(t);
+}
+
+static int on_call_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        task_answer(userdata, error_value("timeout"));
+        return 0;
+}
+
+static int on_deadline(sd_event_source *s, uint64_t usec, void *userdata) {
+        SmtpdPolicyTask *t = userdata;
+        task_cancel_io(t);
+        (void) policy_run_abort(t->run, "policy deadline exceeded");
+        task_step(t);
+        return 0;
+}
+
+static const char *dns_error_text(DnsStatus st) {
+        switch (st) {
+        case DNS_STATUS_NXDOMAIN: return "nxdomain";
+        case DNS_STATUS_TIMEOUT: return "timeout";
+        case DNS_STATUS_SERVFAIL: return "servfail";
+        default: return "error";
+        }
+}
+
+static int record_to_value(const DnsRecord *rec, PolicyValue **ret) {
+        char buf[INET6_ADDRSTRLEN + 16];
+        switch (rec->type) {
+        case DNS_TYPE_A:
+                inet_ntop(AF_INET, &rec->a, buf, sizeof buf);
+                *ret = policy_string_new_cstr(buf);
+                break;
+        case DNS_TYPE_AAAA:
+                inet_ntop(AF_INET6, &rec->aaaa, buf, sizeof buf);
+                *ret = policy_string_new_cstr(buf);
+                break;
+        case DNS_TYPE_TXT:
+                *ret = policy_string_new(rec->txt.text, rec->txt.len);
+                break;
+        case DNS_TYPE_MX: {
+                PolicyValue *a = policy_array_new(), *pref = policy_number_new(rec->mx.preference),
+                            *host = policy_string_new_cstr(rec->mx.exchange);
+                int r = a && pref && host ? policy_array_set_str(a, "priority", pref) : -ENOMEM;
+                if (r >= 0)
+                        r = policy_array_set_str(a, "host", host);
+                policy_value_unref(pref);
+                policy_value_unref(host);
+                if (r < 0) {
+                        policy_value_unref(a);
+                        return r;
+                }
+                *ret = a;
+                break;
+        }
+        default:
+                return -EOPNOTSUPP;
+        }
+        return *ret ? 0 : -ENOMEM;
+}
+
+static void on_dns(DnsQuery *q, const DnsResult *res, void *userdata) {
+        SmtpdPolicyTask *t = userdata;
+        PolicyValue *v = NULL;
+        int r = 0;
+
+        t->dns = NULL;
+        if (t->dnsbl) {
+                /* Not listed is an answer, not a failure. */
+                v = policy_array_new();
+                if (!v) {
+                        task_answer(t, NULL);
+                        return;
+                }
+                if (res->status == DNS_STATUS_NXDOMAIN || res->status == DNS_STATUS_NODATA)
+                        r = policy_array_set_str(v, "listed", policy_bool(false));
+                else if (res->status == DNS_STATUS_OK) {
+                        PolicyValue *codes = policy_array_new();
+                        r = codes ? policy_array_set_str(v, "listed", policy_bool(true)) : -ENOMEM;
+                        for (size_t i = 0; r >= 0 && i < res->n_records; i++) {
+                                PolicyValue *c = NULL;
+                                r = record_to_value(&res->records[i], &c);
+                                if (r >= 0)
+                                        r = policy_array_push(codes, c);
+                                policy_value_unref(c);
+                        }
+                        if (r >= 0)
+                                r = policy_array_set_str(v, "codes", codes);
+                        policy_value_unref(codes);
+                } else {
+                        policy_value_unref(v);
+                        v = error_value(dns_error_text(res->status));
+                }
+        } else if (res->status == DNS_STATUS_OK || res->status == DNS_STATUS_NODATA) {
+                PolicyValue *list = policy_array_new();
+                v = policy_array_new();
+                r = list && v ? 0 : -ENOMEM;
+                for (size_t i = 0; r >= 0 && i < res->n_records; i++) {
+                        PolicyValue *c = NULL;
+                        r = record_to_value(&res->records[i], &c);
+                        if (r >= 0)
+                                r = policy_array_push(list, c);
+                        policy_value_unref(c);
+                }
+                if (r >= 0)
+                        r = policy_array_set_str(v, "result", list);
+                if (r >= 0 && res->security == DNS_SECURE)
+                        r = policy_array_set_str(v, "dnssec", policy_bool(true));
+                policy_value_unref(list);
+        } else
+                v = error_value(dns_error_text(res->status));
+        if (r < 0) {
+                policy_value_unref(v);
+                v = NULL;
+        }
+        task_answer(t, v);
+}
+
+static const char *arg_string(const PolicyCall *c, size_t i) {
+        if (i >= c->n_args || policy_value_type(c->args[i]) != POLICY_TYPE_STRING)
+                return NULL;
+        return policy_value_string(c->args[i], NULL);
+}
+
+static double arg_number(const PolicyCall *c, size_t i, double def) {
+        if (i >= c->n_args || policy_value_type(c->args[i]) != POLICY_TYPE_NUMBER)
+                return def;
+        return policy_value_number(c->args[i]);
+}
+
+/* The DNSBL name for ip under zone: reversed octets, or nibbles for IPv6. */
+static int dnsbl_name(const char *ip, const char *zone, char *buf, size_t size) {
+        struct in_addr a4;
+        struct in6_addr a6;
+        int n;
+        if (inet_pton(AF_INET, ip, &a4) == 1) {
+                const unsigned char *b = (const unsigned char *) &a4;
+                n = snprintf(buf, size, "%u.%u.%u.%u.%s", b[3], b[2], b[1], b[0], zone);
+        } else if (inet_pton(AF_INET6, ip, &a6) == 1) {
+                size_t k = 0;
+                for (int i = 15; i >= 0 && k + 4 < size; i--) {
+                        static const char hex[] = "0123456789abcdef";
+                        buf[k++] = hex[a6.s6_addr[i] & 0xf];
+                        buf[k++] = '.';
+                        buf[k++] = hex[a6.s6_addr[i] >> 4];
+                        buf[k++] = '.';
+                }
+                n = snprintf(buf + k, size - k, "%s", zone);
+                n = n < 0 ? n : (int) (k + (size_t) n);
+        } else
+                return -EINVAL;
+        return n < 0 || (size_t) n >= size ? -ENAMETOOLONG : 0;
+}
+
+static int start_dns(SmtpdPolicyTask *t, const char *name, uint16_t type) {
+        Manager *m = t->manager;
+        if (!m->resolver)
+                return -ENOTCONN;
+        t->dns_type = type;
+        return dns_query(m->resolver, name, type, on_dns, t, &t->dns);
+}
+
+static void on_redis_rate(int result, uint64_t events, void *userdata) {
+        SmtpdPolicyTask *t = userdata;
+        t->redis = NULL;
+        if (result < 0)
+                task_answer(t, policy_value_ref(policy_none())); /* Halon: none on error */
+        else if (t->rate_count_only)
+                task_answer(t, policy_number_new((double) events));
+        else
+                task_answer(t, policy_value_ref(policy_bool(result > 0)));
+}
+
+static uint64_t realtime_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
+}
+
+static void on_verified(int result, const char *user, void *userdata) {
+        SmtpdPolicyTask *t = userdata;
+        t->verify = NULL;
+        task_answer(t, result < 0 ? policy_value_ref(policy_none()) : policy_value_ref(policy_bool(result > 0)));
+}
+
+/* Starts the pending call, or answers it at once. Returns 1 when an answer
+ * will come through a callback. */
+static int task_dispatch(SmtpdPolicyTask *t, const PolicyCall *c, PolicyValue **ret_now) {
+        Manager *m = t->manager;
+        char buf[DNS_NAME_TEXT_MAX];
+        int r;
+
+        *ret_now = NULL;
+        t->dnsbl = false;
+        if (strcmp(c->name, "dns_query") == 0) {
+                const char *name = arg_string(c, 0), *type = "A";
+                PolicyValue *tv = c->n_args > 1 ? policy_array_get_str(c->args[1], "type") : NULL;
+                if (tv && policy_value_type(tv) == POLICY_TYPE_STRING)
+                        type = policy_value_string(tv, NULL);
+                uint16_t qt = strcasecmp(type, "A") == 0 ? DNS_TYPE_A : strcasecmp(type, "AAAA") == 0 ? DNS_TYPE_AAAA :
+                              strcasecmp(type, "MX") == 0 ? DNS_TYPE_MX : strcasecmp(type, "TXT") == 0 ? DNS_TYPE_TXT : 0;
+                if (!name || qt == 0) {
+                        *ret_now = error_value(qt == 0 ? "unsupported record type" : "bad name");
+                        return 0;
+                }
+                r = start_dns(t, name, qt);
+        } else if (strcmp(c->name, "dnsbl") == 0) {
+                const char *ip = arg_string(c, 0), *zone = arg_string(c, 1);
+                if (!ip || !zone || dnsbl_name(ip, zone, buf, sizeof buf) < 0) {
+                        *ret_now = error_value("bad address or zone");
+                        return 0;
+                }
+                t->dnsbl = true;
+                r = start_dns(t, buf, DNS_TYPE_A);
+        } else if (strcmp(c->name, "rate") == 0) {
+                const char *ns = arg_string(c, 0), *key = arg_string(c, 1);
+                double count = arg_number(c, 2, -1), interval = arg_number(c, 3, 0);
+                if (!key && c->n_args > 1 && policy_value_type(c->args[1]) == POLICY_TYPE_NUMBER) {
+                        policy_number_format(policy_value_number(c->args[1]), buf);
+                        key = buf;
+                }
+                PolicyValue *opts = c->n_args > 4 ? c->args[4] : NULL;
+                PolicyValue *shared = opts ? policy_array_get_str(opts, "shared") ?: policy_array_get_str(opts, "sync") : NULL;
+                bool valid = ns && key && count >= 0 && interval >= 0.001 && interval < 1e7;
+                if (valid && m->redis && shared && policy_value_truthy(shared)) {
+                        /* Counted across every smtpd host that shares the Redis. */
+                        t->rate_count_only = count == 0;
+                        r = smtpd_redis_rate(m->redis, ns, key, (uint64_t) count, (uint64_t) (interval * 1e6),
+                                             realtime_usec(), on_redis_rate, t, &t->redis);
+                        if (r < 0) {
+                                *ret_now = policy_value_ref(policy_none());
+                                return 0;
+                        }
+                        goto started;
+                }
+                uint64_t events = 0;
+                r = valid
+                            ? smtpd_rate_hit(m->rate, ns, key, (uint64_t) count, (uint64_t) (interval * 1e6),
+                                             manager_now_usec(m), &events)
+                            : -EINVAL;
+                if (r < 0)
+                        *ret_now = policy_value_ref(policy_none()); /* Halon: none on error */
+                else if (count == 0)
+                        *ret_now = policy_number_new((double) events);
+                else
+                        *ret_now = policy_value_ref(policy_bool(r > 0));
+                return 0;
+        } else if (strcmp(c->name, "passwd_verify") == 0) {
+                /* The one password file smtpd holds: the credential named by
+                 * AuthPasswordFile= (with or without "credential:"). */
+                const char *file = arg_string(c, 0), *user = arg_string(c, 1), *pass = arg_string(c, 2);
+                if (file && strncmp(file, "credential:", 11) == 0)
+                        file += 11;
+                if (!m->passwd || !file || strcmp(file, m->settings.passwd_name) != 0) {
+                        *ret_now = policy_value_ref(policy_none());
+                        return 0;
+                }
+                if (!user || !pass) {
+                        *ret_now = policy_value_ref(policy_bool(false));
+                        return 0;
+                }
+                r = auth_verify(m->verifier, m->passwd, user, pass, on_verified, t, &t->verify);
+        } else {
+                /* What this build does not serve yet (arcd, HTTP, spamd...):
+                 * a failed lookup, as the language defines it. */
+                char text[160];
+                snprintf(text, sizeof text, "%s is not available in halyard-smtpd yet", c->name);
+                *ret_now = error_value(text);
+                return 0;
+        }
+        if (r < 0) {
+                *ret_now = error_value(strerror(-r));
+                return 0;
+        }
+started:;
+        uint64_t when = manager_now_usec(m) + (uint64_t) (c->timeout_ms ? c->timeout_ms : 5000) * 1000ULL;
+        r = t->call_timer ? sd_event_source_set_time(t->call_timer, when)
+                          : sd_event_add_time(m->event, &t->call_timer, CLOCK_MONOTONIC, when, 0, on_call_timeout, t);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(t->call_timer, SD_EVENT_ONESHOT);
+        if (r < 0) {
+                task_cancel_io(t);
+                *ret_now = error_value(strerror(-r));
+                return 0;
+        }
+        return 1;
+}
+
+static void task_step(SmtpdPolicyTask *t) {
+        for (;;) {
+                int r = policy_run_step(t->run);
+                if (r == POLICY_RUN_SUSPENDED) {
+                        PolicyValue *now = NULL;
+                        if (task_dispatch(t, policy_run_pending(t->run), &now) > 0)
+                                return; /* a callback steps on */
+                        if (!now)
+                                (void) policy_run_abort(t->run, "out of memory");
+                        else
+                                (void) policy_run_resume(t->run, now);
+                        policy_value_unref(now);
+                        continue;
+                }
+                break; /* done (or -ENOMEM, which also ends the run with the tempfail) */
+        }
+        t->finished = true;
+        task_cancel_io(t);
+        (void) sd_event_source_set_enabled(t->deadline, SD_EVENT_OFF);
+        if (!t->starting && t->done)
+                t->done(t, policy_run_result(t->run), t->userdata);
+}
+
+int smtpd_policy_start(Manager *m, PolicyPhase phase, const PolicyRunParams *params, SmtpdPolicyDone done,
+                       void *userdata, SmtpdPolicyTask **ret) {
+        PolicyRunParams p = *params;
+        SmtpdPolicyTask *t = calloc(1, sizeof *t);
+        int r;
+
+        if (!t)
+                return -ENOMEM;
+        t->manager = m;
+        t->done = done;
+        t->userdata = userdata;
+        p.cache = m->policy_cache;
+        p.step_budget = m->settings.policy_step_budget;
+        p.deadline_usec = manager_now_usec(m) + m->settings.policy_timeout_usec;
+        r = policy_run_new(m->policy, phase, &p, &t->run);
+        if (r >= 0)
+                r = sd_event_add_time(m->event, &t->deadline, CLOCK_MONOTONIC, p.deadline_usec, 0, on_deadline, t);
+        if (r < 0) {
+                smtpd_policy_task_free(t);
+                return r;
+        }
+        t->starting = true;
+        task_step(t);
+        t->starting = false;
+        *ret = t;
+        return t->finished ? 1 : 0;
+}
+
+SmtpdPolicyTask *smtpd_policy_task_free(SmtpdPolicyTask *t) {
+        if (!t)
+                return NULL;
+        task_cancel_io(t);
+        sd_event_source_disable_unref(t->call_timer);
+        sd_event_source_disable_unref(t->deadline);
+        policy_run_free(t->run);
+        free(t);
+        return NULL;
+}
+
+const PolicyResult *smtpd_policy_task_result(const SmtpdPolicyTask *t) {
+        return t->finished ? policy_run_result(t->run) : NULL;
+}
+
+PolicyValue *smtpd_policy_task_context(const SmtpdPolicyTask *t) {
+        return policy_run_context(t->run);
+}
+
+/* ---- the message's header block ------------------------------------------ */
+
+typedef struct HeaderField {
+        size_t start, end;   /* raw octets, with the folded lines and the CRLF */
+        size_t name_len;
+        bool deleted;
+} HeaderField;
+
+typedef struct HeaderBlock {
+        char *data;          /* mapped message */
+        size_t size;
+        size_t body;         /* offset of the empty line ending the header (or size) */
+        HeaderField *fields;
+        size_t n_fields;
+} HeaderBlock;
+
+static void header_block_done(HeaderBlock *h) {
+        if (h->data && h->data != MAP_FAILED)
+                munmap(h->data, h->size);
+        free(h->fields);
+        *h = (HeaderBlock) {};
+}
+
+/* Splits the header fields from skip on. A line that is neither a field nor
+ * a continuation ends the header (the rest is body, as a reader would see it). */
+static int header_block_parse(int fd, uint64_t skip, HeaderBlock *h) {
+        struct stat st;
+        *h = (HeaderBlock) {};
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        h->size = (size_t) st.st_size;
+        if (h->size == 0 || skip > h->size)
+                return -EINVAL;
+        h->data = mmap(NULL, h->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (h->data == MAP_FAILED)
+                return -errno;
+        size_t pos = (size_t) skip, limit = MIN(h->size, (size_t) skip + HEADER_BLOCK_MAX);
+        while (pos < limit) {
+                const char *line = h->data + pos;
+                const char *lf = memchr(line, '\n', limit - pos);
+                size_t len = lf ? (size_t) (lf - line) + 1 : limit - pos;
+                if ((line[0] == ' ' || line[0] == '\t') && h->n_fields > 0) {
+                        h->fields[h->n_fields - 1].end = pos + len;
+                        pos += len;
+                        continue;
+                }
+                const char *colon = memchr(line, ':', len);
+                size_t nl = colon ? (size_t) (colon - line) : 0;
+                bool name_ok = nl > 0;
+                for (size_t i = 0; i < nl && name_ok; i++)
+                        name_ok = line[i] > 32 && line[i] < 127;
+                if (!name_ok || h->n_fields >= HEADER_FIELDS_MAX)
+                        break;
+                HeaderField *n = realloc(h->fields, (h->n_fields + 1) * sizeof *n);
+                if (!n)
+                        return -ENOMEM;
+                h->fields = n;
+                h->fields[h->n_fields++] = (HeaderField) { .start = pos, .end = pos + len, .name_len = nl };
+                pos += len;
+        }
+        h->body = pos;
+        return 0;
+}
+
+static bool field_is(const HeaderBlock *h, const HeaderField *f, const char *name) {
+        return f->name_len == strlen(name) && strncasecmp(h->data + f->start, name, f->name_len) == 0;
+}
+
+/* The unfolded value without leading blanks and the line end. */
+static PolicyValue *field_value(const HeaderBlock *h, const HeaderField *f) {
+        size_t i = f->start + f->name_len + 1, n = 0;
+        char *v = malloc(f->end - f->start + 1);
+        if (!v)
+                return NULL;
+        while (i < f->end && (h->data[i] == ' ' || h->data[i] == '\t'))
+                i++;
+        for (; i < f->end; i++)
+                if (h->data[i] != '\r' && h->data[i] != '\n')
+                        v[n++] = h->data[i];
+        PolicyValue *s = policy_string_new(v, n);
+        free(v);
+        return s;
+}
+
+int smtpd_policy_mail_object(int fd, PolicyValue **ret) {
+        HeaderBlock h = {};
+        PolicyValue *payload = policy_array_new(), *list = policy_array_new();
+        int r = payload && list ? header_block_parse(fd, 0, &h) : -ENOMEM;
+        for (size_t i = 0; r >= 0 && i < h.n_fields; i++) {
+                PolicyValue *pair = policy_array_new(), *name = policy_string_new(h.data + h.fields[i].start, h.fields[i].name_len),
+                            *value = field_value(&h, &h.fields[i]);
+                r = pair && name && value ? policy_array_push(pair, name) : -ENOMEM;
+                if (r >= 0)
+                        r = policy_array_push(pair, value);
+                if (r >= 0)
+                        r = policy_array_push(list, pair);
+                policy_value_unref(pair);
+                policy_value_unref(name);
+                policy_value_unref(value);
+        }
+        if (r >= 0)
+                r = policy_array_set_str(payload, "headers", list);
+        if (r >= 0)
+                *ret = policy_object_new("Mail", payload);
+        if (r >= 0 && !*ret)
+                r = -ENOMEM;
+        header_block_done(&h);
+        policy_value_unref(list);
+        policy_value_unref(payload);
+        return r;
+}
+
+static const char *action_str(PolicyValue *a, const char *key) {
+        PolicyValue *v = policy_array_get_str(a, key);
+        return v && policy_value_type(v) == POLICY_TYPE_STRING ? policy_value_string(v, NULL) : NULL;
+}
+
+static int write_all(int fd, const void *p, size_t n) {
+        const char *q = p;
+        while (n > 0) {
+                ssize_t k = write(fd, q, n);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                q += k;
+                n -= (size_t) k;
+        }
+        return 0;
+}
+
+static int write_field(int fd, const char *name, const char *value) {
+        int r = write_all(fd, name, strlen(name));
+        if (r >= 0)
+                r = write_all(fd, ": ", 2);
+        if (r >= 0)
+                r = write_all(fd, value, strlen(value));
+        return r >= 0 ? write_all(fd, "\r\n", 2) : r;
+}
+
+int smtpd_policy_edit_headers(int fd, uint64_t skip, PolicyValue *actions, int *ret_fd) {
+        HeaderBlock h = {};
+        bool any = false;
+        int r, out = -1;
+
+        *ret_fd = -1;
+        for (size_t i = 0; i < policy_array_size(actions); i++) {
+                const char *kind = action_str(policy_array_value_at(actions, i), "action");
+                any = any || (kind && strstr(kind, "_header"));
+        }
+        if (!any)
+                return 0;
+        r = header_block_parse(fd, skip, &h);
+        if (r < 0)
+                goto done;
+
+        /* Additions at the top go right below our Received:, in the order
+         * the script made them; at the bottom, above the empty line. */
+        size_t n_top = 0, n_bottom = 0;
+        const char *top[256][2], *bottom[256][2];
+        for (size_t i = 0; i < policy_array_size(actions); i++) {
+                PolicyValue *a = policy_array_value_at(actions, i);
+                const char *kind = action_str(a, "action"), *name = action_str(a, "name"), *value = action_str(a, "value");
+                if (!kind || !name)
+                        continue;
+                if (strcmp(kind, "delete_header") == 0 || strcmp(kind, "set_header") == 0) {
+                        PolicyValue *iv = policy_array_get_str(a, "index");
+                        bool one = iv && policy_value_type(iv) == POLICY_TYPE_NUMBER;
+                        double want = one ? policy_value_number(iv) : 0;
+                        unsigned seen = 0;
+                        for (size_t k = 0; k < h.n_fields; k++)
+                                if (!h.fields[k].deleted && field_is(&h, &h.fields[k], name) && (!one || seen++ == (unsigned) want))
+                                        h.fields[k].deleted = true;
+                        if (kind[0] == 'd')
+                                continue;
+                }
+                if (!value)
+                        continue;
+                PolicyValue *opts = policy_array_get_str(a, "options");
+                PolicyValue *pos = opts && policy_value_type(opts) == POLICY_TYPE_ARRAY ? policy_array_get_str(opts, "position") : NULL;
+                bool at_bottom = pos && policy_value_type(pos) == POLICY_TYPE_STRING && strcmp(policy_value_string(pos, NULL), "bottom") == 0;
+                if (at_bottom && n_bottom < ELEMENTSOF(bottom)) {
+                        bottom[n_bottom][0] = name;
+                        bottom[n_bottom++][1] = value;
+                } else if (!at_bottom && n_top < ELEMENTSOF(top)) {
+                        top[n_top][0] = name;
+                        top[n_top++][1] = value;
+                } else {
+                        r = -E2BIG;
+                        goto done;
+                }
+        }
+
+        out = memfd_create("smtpd-message", MFD_CLOEXEC);
+        if (out < 0) {
+                r = -errno;
+                goto done;
+        }
+        r = write_all(out, h.data, (size_t) skip);
+        for (size_t i = 0; r >= 0 && i < n_top; i++)
+                r = write_field(out, top[i][0], top[i][1]);
+        for (size_t k = 0; r >= 0 && k < h.n_fields; k++)
+                if (!h.fields[k].deleted)
+                        r = write_all(out, h.data + h.fields[k].start, h.fields[k].end - h.fields[k].start);
+        for (size_t i = 0; r >= 0 && i < n_bottom; i++)
+                r = write_field(out, bottom[i][0], bottom[i][1]);
+        if (r >= 0)
+                r = write_all(out, h.data + h.body, h.size - h.body);
+        if (r >= 0) {
+                *ret_fd = out;
+                out = -1;
+        }
+done:
+        safe_close(out);
+        header_block_done(&h);
+        return r;
+}
