@@ -26,6 +26,9 @@ static void help(void) {
                "  queue show|hold|release|delete|bounce QUEUE-ID\n"
                "  queue retry QUEUE-ID | --domain=D  Deliver now\n"
                "  queue monitor                   Follow delivery events\n"
+               "  tlsrpt status|reports           TLS reporting: today's results, reports sent\n"
+               "  tlsrpt preview DOMAIN [DAY]     The TLS report that would be sent now\n"
+               "  tlsrpt send [DAY]               Send the reports of complete days (or DAY)\n"
                "\n"
                "Options:\n"
                "  -h --help            Show this help\n"
@@ -68,6 +71,7 @@ int main(int argc, char **argv) {
                 { "introspect", verb_introspect },
                 { "call", verb_call },
                 { "queue", verb_queue },
+                { "tlsrpt", verb_tlsrpt },
         };
         CtlOptions o = { .json = JSON_AUTO };
         int c;

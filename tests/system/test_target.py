@@ -117,6 +117,40 @@ print(buf[:-1].decode())
 """
 
 
+# halyard-tlsrptd's system test (test_tlsrptd_timer): its own config drop-in
+# (no network in the container: DNS goes nowhere but loopback, and
+# libunbound answers names under .test NXDOMAIN from its built-in local
+# zone, so the report ends as "no TLSRPT record" at once),
+# the results it feeds (yesterday, so the daily run picks them up), and a
+# runtime drop-in that makes halyard-tlsrptd.timer fire now.
+TLSRPT_ADDRESS = 'unix:/run/halyard/io.halyard.TlsRpt'
+TLSRPT_DROPIN = '/etc/halyard/halyard.conf.d/50-tlsrpt-systest.conf'
+TLSRPT_CONFIG = ('[TlsRpt]\nSubmitter=mta.sys.test\nOrganizationName=halyard system test\n'
+                 '[DNS]\nForwarders=127.0.0.1@9\nTimeout=3s\n')
+TLSRPT_TIMER_NOW = '/run/systemd/system/halyard-tlsrptd.timer.d/50-now.conf'
+TLSRPT_FEED = r"""
+import json, socket, sys, time
+y = int(time.time()) // 86400 * 86400 - 43200
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(20)
+s.connect('/run/halyard/io.halyard.TlsRpt')
+def send(method, params, oneway=False):
+    call = {'method': method, 'parameters': params}
+    if oneway:
+        call['oneway'] = True
+    s.sendall(json.dumps(call).encode() + b'\0')
+for i in range(3):
+    send('io.halyard.TlsRpt.Record', {'policyDomain': 'rpt.sys.test', 'policyType': 'sts', 'time': y,
+         'policyStrings': ['version: STSv1', 'mode: enforce'], 'mxHosts': ['mx.sys.test'], 'success': i != 2,
+         'resultType': 'certificate-expired', 'receivingIp': '192.0.2.25'}, oneway=True)
+send('io.halyard.TlsRpt.GetStatus', {})
+buf = b''
+while not buf.endswith(b'\0'):
+    buf += s.recv(65536)
+print(buf[:-1].decode())
+"""
+
+
 def parse_args(argv):
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(add_help=False)
@@ -435,6 +469,81 @@ class HalyardTargetTest(unittest.TestCase):
         self.assertEqual(self.sctl('is-active', 'halyard.target', SOCKET).stdout.split(),
                          ['active', 'active'])
         self.assertEqual(self.is_active(SERVICE), 'inactive')
+
+
+    def test_tlsrptd_timer(self):
+        """halyard-tlsrptd under the real systemd: the target enables its
+        socket and its daily timer; Records socket-activate it (sandboxed,
+        dynamic user, state directory); making the timer fire now runs
+        halyard-tlsrptd-report.service (halyardctl tlsrpt send, itself
+        sandboxed without network, reaching the 0660 socket through the
+        halyard group), which builds yesterday's report; the journal shows
+        it and the day is closed."""
+        c = self.c
+        if not os.access(os.path.join(self.stage, 'usr/libexec/halyard/halyard-tlsrptd'), os.X_OK) or not self.has_ctl:
+            self.skipTest('halyard-tlsrptd or halyardctl not in the staged install')
+        c.wait_for(lambda: self.sctl('is-active', 'halyard.target').stdout.strip() == 'active', timeout=30,
+                   what='halyard.target (test_06 restarts it)')
+        c.write_file(TLSRPT_DROPIN, TLSRPT_CONFIG, mode=0o644)
+        self.addCleanup(lambda: c.run('rm', '-f', TLSRPT_DROPIN, TLSRPT_TIMER_NOW))
+        wants = self.prop('halyard.target', 'Wants').split()
+        self.assertIn('halyard-tlsrptd.socket', wants)
+        self.assertIn('halyard-tlsrptd.timer', wants)
+        self.assertEqual(self.sctl('is-active', 'halyard-tlsrptd.socket', 'halyard-tlsrptd.timer').stdout.split(),
+                         ['active', 'active'])
+        self.assertEqual(self.prop('halyard-tlsrptd.timer', 'Unit'), 'halyard-tlsrptd-report.service')
+        self.assertTrue(self.prop('halyard-tlsrptd.timer', 'NextElapseUSecRealtime'))
+        self.assertEqual(c.run('stat', '-c', '%F %a %G', '/run/halyard/io.halyard.TlsRpt', check=True).stdout.strip(),
+                         'socket 660 halyard')
+        # A restart picks up the drop-in if an earlier test started it.
+        self.sctl('stop', 'halyard-tlsrptd.service', timeout=30)
+
+        r = c.run('/usr/bin/python3', '-c', TLSRPT_FEED, timeout=30)
+        self.assertEqual(r.rc, 0, r.stderr)
+        st = json.loads(r.stdout)['parameters']
+        yesterday = time.strftime('%Y-%m-%d', time.gmtime(time.time() // 86400 * 86400 - 43200))
+        self.assertEqual(st['daysPending'], [yesterday])
+        self.assertEqual(self.is_active('halyard-tlsrptd.service'), 'active')
+        pid = int(self.prop('halyard-tlsrptd.service', 'MainPID'))
+        ps = self.proc_status(pid)
+        self.assertNotEqual(ps['Uid'].split()[0], '0')
+        self.assertEqual(ps['CapEff'], '0000000000000000')
+        self.assertEqual(ps['NoNewPrivs'], '1')
+        c.wait_for(lambda: c.run('sh', '-c', 'ls /var/lib/private/halyard-tlsrptd/results/*.log').rc == 0,
+                   timeout=10, what='the results journal in the state directory')
+
+        # Fire the timer now (what 00:10 UTC + RandomizedDelaySec would do).
+        c.write_file(TLSRPT_TIMER_NOW, '[Timer]\nOnCalendar=\nOnActiveSec=1s\nRandomizedDelaySec=0\nPersistent=false\n',
+                     mode=0o644)
+        self.sctl('daemon-reload', check=True, timeout=60)
+        before = self.prop('halyard-tlsrptd-report.service', 'InvocationID')
+        self.sctl('restart', 'halyard-tlsrptd.timer', check=True, timeout=30)
+        c.wait_for(lambda: self.prop('halyard-tlsrptd-report.service', 'InvocationID') != before
+                   and self.is_active('halyard-tlsrptd-report.service') in ('inactive', 'failed'),
+                   timeout=60, interval=0.5, what='halyard-tlsrptd-report.service to run and finish')
+        self.assertEqual(self.prop('halyard-tlsrptd-report.service', 'Result'), 'success',
+                         c.run('journalctl', '--no-pager', '-u', 'halyard-tlsrptd-report.service').stdout)
+        self.assertIn('halyard-tlsrptd-report.service', self.prop('halyard-tlsrptd.timer', 'Triggers'))
+
+        reply = c.varlink_call(TLSRPT_ADDRESS, 'io.halyard.TlsRpt.ListReports', timeout=20)
+        reports = reply['parameters']['reports']
+        self.assertEqual([(x['policyDomain'], x['day']) for x in reports], [('rpt.sys.test', yesterday)])
+        # sys.test publishes no _smtp._tls record (see TLSRPT_CONFIG).
+        self.assertEqual((reports[0]['result'], reports[0].get('detail')), ('noRecord', 'no TLSRPT record'), reports[0])
+        out = c.run('journalctl', '--no-pager', '-o', 'json', '_SYSTEMD_UNIT=halyard-tlsrptd.service',
+                    'MESSAGE_ID=5b0c8e7d2a1f4c3e9d8b7a6f5e4d3c23').stdout
+        entries = [json.loads(l) for l in out.splitlines() if l.strip()]
+        self.assertEqual([(e['HALYARD_TLSRPT_DOMAIN'], e['HALYARD_TLSRPT_REPORT_ID']) for e in entries],
+                         [('rpt.sys.test', reports[0]['reportId'])])
+        st = c.varlink_call(TLSRPT_ADDRESS, 'io.halyard.TlsRpt.GetStatus', timeout=20)['parameters']
+        self.assertEqual(st['daysPending'], [])
+        out = c.run('journalctl', '--no-pager', '-u', 'halyard-tlsrptd-report.service').stdout
+        self.assertIn(reports[0]['reportId'], out)  # halyardctl's listing
+        c.wait_for(lambda: 'Built 1 TLS reports for %s' % yesterday in c.run(
+            'journalctl', '--no-pager', '-u', 'halyard-tlsrptd.service').stdout, timeout=10, what='the journal entry')
+        r = c.run(HALYARDCTL, 'tlsrpt', 'reports', timeout=30)
+        self.assertEqual(r.rc, 0, r.stderr)
+        self.assertIn('rpt.sys.test', r.stdout)
 
 
 def main():
