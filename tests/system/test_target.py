@@ -101,6 +101,17 @@ with smtplib.SMTP('127.0.0.1', 587, timeout=20) as s:
     print('sent')
 """
 
+POLICY_FILE = '/etc/halyard/policy.hal'
+POLICY_DROPIN = '/etc/halyard/halyard.conf.d/40-policy-systest.conf'
+POLICY_TEXT = 'on helo {\n    if ($arguments["host"] == "policy.reject.test")\n        Reject("No HELO like that here");\n}\n'
+POLICY_SEND = r"""
+import smtplib
+with smtplib.SMTP('127.0.0.1', 25, timeout=20) as s:
+    code, text = s.ehlo('policy.reject.test')
+    print(code, text)
+    print(s.ehlo('policy.ok.test')[0])
+"""
+
 ENQUEUE = r"""
 import json, os, socket
 fd = os.memfd_create('msg')
@@ -453,6 +464,32 @@ class HalyardTargetTest(unittest.TestCase):
         out = c.run('journalctl', '--no-pager', '-o', 'json', '_SYSTEMD_UNIT=halyard-smtpd.service',
                     'HALYARD_AUTH_USER=alice').stdout
         self.assertTrue([l for l in out.splitlines() if l.strip()], 'no journal entry with HALYARD_AUTH_USER=alice')
+
+    def test_05c_smtpd_policy(self):
+        """halyard-smtpd with a policy under systemd: `systemctl reload`
+        loads it (checked first by ExecReload=), the sandboxed service reads
+        it from /etc/halyard and applies it; a broken one is refused by the
+        reload and the running one keeps serving."""
+        c = self.c
+        c.write_file(POLICY_FILE, POLICY_TEXT, mode=0o644)
+        c.write_file(POLICY_DROPIN, '[Smtpd]\nPolicy=%s\n' % POLICY_FILE, mode=0o644)
+        self.addCleanup(lambda: c.run('rm', '-f', POLICY_DROPIN, POLICY_FILE))
+        if self.is_active('halyard-smtpd.service') == 'active':
+            r = self.sctl('reload', 'halyard-smtpd.service', timeout=60)
+            self.assertEqual(r.rc, 0, r.stderr)
+        r = c.run('/usr/bin/python3', '-c', POLICY_SEND, timeout=60)
+        self.assertEqual(r.rc, 0, r.stdout + r.stderr)
+        self.assertEqual(r.stdout.split('\n')[0], "550 b'5.7.1 No HELO like that here'")
+        self.assertEqual(r.stdout.split('\n')[1], '250')
+        # A broken policy: the reload fails, the old policy stays.
+        c.write_file(POLICY_FILE, 'on helo {\n    Reject(\n}\n', mode=0o644)
+        r = self.sctl('reload', 'halyard-smtpd.service', timeout=60)
+        self.assertNotEqual(r.rc, 0)
+        self.assertEqual(self.is_active('halyard-smtpd.service'), 'active')
+        out = c.run('journalctl', '--no-pager', '-u', 'halyard-smtpd.service').stdout
+        self.assertIn('%s:3:1: error:' % POLICY_FILE, out)
+        r = c.run('/usr/bin/python3', '-c', POLICY_SEND, timeout=60)
+        self.assertTrue(r.stdout.startswith('550 '), r.stdout + r.stderr)
 
     def test_06_stop_start_target(self):
         # PartOf=halyard.target on the sockets: stopping the target stops
