@@ -892,9 +892,9 @@ static void check_handler(Checker *ck, PolicyNode *h) {
         bool ends = check_stmt(ck, h->b);
         h->slot = (int) ck->n_slots;
         if (!ends && h->phase == POLICY_PHASE_RCPTTO)
-                warning(ck, h, "handler 'rcptto' can end without a verdict; then the recipient is rejected (550 5.7.1)");
+                warning(ck, h, "handler 'rcptto' can end without a verdict; then smtpd's built-in relay rules decide");
         if (!ends && h->phase == POLICY_PHASE_AUTH)
-                warning(ck, h, "handler 'auth' can end without a verdict; then authentication fails (535 5.7.8)");
+                warning(ck, h, "handler 'auth' can end without a verdict; then the password file decides");
 }
 
 /* ---- call graph ----------------------------------------------------------------- */

@@ -170,9 +170,9 @@ static const Case cases[] = {
         /* warnings */
         WARN("on rcptto { Accept(); $x = 1; }", "t.hal:1:23: warning: unreachable code"),
         WARN("on rcptto { if (1) { return; } else { Reject(); } $x = 1; }", "t.hal:1:51: warning: unreachable code"),
-        WARN("on rcptto { $x = 1; }", "t.hal:1:4: warning: handler 'rcptto' can end without a verdict; then the recipient is rejected (550 5.7.1)"),
+        WARN("on rcptto { $x = 1; }", "t.hal:1:4: warning: handler 'rcptto' can end without a verdict; then smtpd's built-in relay rules decide"),
         WARN("on auth { $x = 1; }\non rcptto { Accept(); }",
-             "t.hal:1:4: warning: handler 'auth' can end without a verdict; then authentication fails (535 5.7.8)"),
+             "t.hal:1:4: warning: handler 'auth' can end without a verdict; then the password file decides"),
         WARN("on eod { $m = $arguments[\"mail\"]; ARC::seal(\"s\", \"d\", \"k\", [], \"\"); $m->addHeader(\"X\", \"y\"); Accept(); }\n"
              "on rcptto { Accept(); }",
              "t.hal:1:73: warning: ->addHeader() after ARC::seal(): the seal does not cover this change"),
