@@ -37,6 +37,7 @@ int verb_call(const CtlOptions *o, int argc, char **argv);
 int verb_status(const CtlOptions *o, int argc, char **argv);
 int verb_queue(const CtlOptions *o, int argc, char **argv);
 int verb_tlsrpt(const CtlOptions *o, int argc, char **argv);
+int verb_policy(const CtlOptions *o, int argc, char **argv);
 
 /* Prints a JSON value the way --json asks, followed by a newline. */
 void ctl_print_json(const CtlOptions *o, json_object *v);

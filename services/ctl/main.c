@@ -29,6 +29,8 @@ static void help(void) {
                "  tlsrpt status|reports           TLS reporting: today's results, reports sent\n"
                "  tlsrpt preview DOMAIN [DAY]     The TLS report that would be sent now\n"
                "  tlsrpt send [DAY]               Send the reports of complete days (or DAY)\n"
+               "  policy cache list               The smtpd policy's cache buckets\n"
+               "  policy cache clear [NAMESPACE]  Drop cached results\n"
                "\n"
                "Options:\n"
                "  -h --help            Show this help\n"
@@ -72,6 +74,7 @@ int main(int argc, char **argv) {
                 { "call", verb_call },
                 { "queue", verb_queue },
                 { "tlsrpt", verb_tlsrpt },
+                { "policy", verb_policy },
         };
         CtlOptions o = { .json = JSON_AUTO };
         int c;
