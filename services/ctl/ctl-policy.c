@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* `halyardctl policy …`: the policy running in halyard-smtpd.
  *   cache list              the `cache` statement's buckets, with hits and misses
- *   cache clear [NAMESPACE] drop cached results (of one namespace, or all) */
+ *   cache clear [NAMESPACE] drop cached results (of one namespace, or all)
+ *   trace [ADDRESS [on|off]] log the policy's lookups and verdicts for a client */
 #include <stdio.h>
 #include <string.h>
 
@@ -72,13 +73,36 @@ static int cache_clear(const CtlOptions *o, const char *namespace) {
         return r;
 }
 
+static int trace(const CtlOptions *o, const char *address, const char *onoff) {
+        json_object *params = json_object_new_object(), *reply = NULL;
+        if (address) {
+                json_object_object_add(params, "address", json_object_new_string(address));
+                json_object_object_add(params, "enabled", json_object_new_boolean(!onoff || strcmp(onoff, "off") != 0));
+        }
+        int r = smtpd_call(o, "io.halyard.Smtpd.PolicyTrace", params, &reply);
+        json_object_put(params);
+        if (r == 0) {
+                json_object *list = json_object_object_get(reply, "addresses");
+                printf("Tracing the policy for: ");
+                for (size_t i = 0; i < json_object_array_length(list); i++)
+                        printf("%s%s", i ? " " : "", json_object_get_string(json_object_array_get_idx(list, i)));
+                printf("%s\n", json_object_array_length(list) ? "" : "nobody");
+        }
+        json_object_put(reply);
+        return r;
+}
+
 int verb_policy(const CtlOptions *o, int argc, char **argv) {
+        if (argc >= 1 && strcmp(argv[0], "trace") == 0 && argc <= 3 &&
+            (argc < 3 || strcmp(argv[2], "on") == 0 || strcmp(argv[2], "off") == 0))
+                return trace(o, argc > 1 ? argv[1] : NULL, argc > 2 ? argv[2] : NULL);
         if (argc >= 2 && strcmp(argv[0], "cache") == 0) {
                 if (strcmp(argv[1], "list") == 0 && argc == 2)
                         return cache_list(o);
                 if (strcmp(argv[1], "clear") == 0 && argc <= 3)
                         return cache_clear(o, argc == 3 ? argv[2] : NULL);
         }
-        fprintf(stderr, "Usage: halyardctl policy cache list | policy cache clear [NAMESPACE]\n");
+        fprintf(stderr, "Usage: halyardctl policy cache list | policy cache clear [NAMESPACE]\n"
+                        "       halyardctl policy trace [ADDRESS [on|off]]\n");
         return CTL_EXIT_USAGE;
 }

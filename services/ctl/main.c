@@ -31,6 +31,7 @@ static void help(void) {
                "  tlsrpt send [DAY]               Send the reports of complete days (or DAY)\n"
                "  policy cache list               The smtpd policy's cache buckets\n"
                "  policy cache clear [NAMESPACE]  Drop cached results\n"
+               "  policy trace [ADDRESS [on|off]] Log the policy's steps for a client\n"
                "\n"
                "Options:\n"
                "  -h --help            Show this help\n"

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,7 @@ struct SmtpdPolicyTask {
         bool rate_count_only;
         uint16_t dns_type;
         bool dnsbl;
+        char trace[32];                /* the session id while tracing, else "" */
 };
 
 int smtpd_policy_load(const char *path, PolicyGeneration **ret) {
@@ -71,6 +73,50 @@ static PolicyValue *error_value(const char *text) {
 
 static void task_step(SmtpdPolicyTask *t);
 
+/* Tracing: every lookup the script makes, with its arguments (a password
+ * shown as "***") and its answer, and the verdict, as journal entries with
+ * the session's id. */
+static void trace_log(SmtpdPolicyTask *t, const char *format, ...) _printf_(2, 3);
+static void trace_log(SmtpdPolicyTask *t, const char *format, ...) {
+        char msg[2048], id[64];
+        va_list ap;
+        va_start(ap, format);
+        vsnprintf(msg, sizeof msg, format, ap);
+        va_end(ap);
+        snprintf(id, sizeof id, "HALYARD_SESSION_ID=%s", t->trace);
+        log_full(LOG_INFO, 0, (const char *const[]){ id, "HALYARD_POLICY_TRACE=1", NULL }, "%s: policy trace: %s",
+                 t->trace, msg);
+}
+
+static void trace_value(PolicyValue *v, char *buf, size_t n) {
+        _cleanup_free_ char *j = NULL;
+        if (policy_value_to_json_string(v, &j) < 0)
+                snprintf(buf, n, "?");
+        else
+                snprintf(buf, n, "%.*s%s", (int) MIN(strlen(j), n - 5), j, strlen(j) > n - 5 ? "..." : "");
+}
+
+static void trace_call(SmtpdPolicyTask *t, const PolicyCall *c) {
+        char args[1024] = "", one[300];
+        for (size_t i = 0; i < c->n_args; i++) {
+                if (strcmp(c->name, "passwd_verify") == 0 && i == 2)
+                        snprintf(one, sizeof one, "\"***\"");
+                else
+                        trace_value(c->args[i], one, sizeof one);
+                size_t k = strlen(args);
+                snprintf(args + k, sizeof args - k, "%s%s", i ? ", " : "", one);
+        }
+        trace_log(t, "%s:%u:%u: %s(%s)", c->file ?: "?", c->line, c->col, c->name, args);
+}
+
+static void trace_answer(SmtpdPolicyTask *t, PolicyValue *v) {
+        char buf[1024];
+        const PolicyCall *c = policy_run_pending(t->run);
+        trace_value(v, buf, sizeof buf);
+        trace_log(t, "%s:%u:%u: %s -> %s", c && c->file ? c->file : "?", c ? c->line : 0, c ? c->col : 0,
+                  c ? c->name : "?", buf);
+}
+
 static void task_cancel_io(SmtpdPolicyTask *t) {
         if (t->dns) {
                 dns_query_cancel(t->dns);
@@ -91,6 +137,8 @@ static void task_cancel_io(SmtpdPolicyTask *t) {
 /* The answer to the pending call; the run goes on. Takes v. */
 static void task_answer(SmtpdPolicyTask *t, PolicyValue *v) {
         task_cancel_io(t);
+        if (t->trace[0] && v)
+                trace_answer(t, v);
         if (!v)
                 (void) policy_run_abort(t->run, "out of memory");
         else if (policy_run_resume(t->run, v) < 0)
@@ -388,8 +436,12 @@ static void task_step(SmtpdPolicyTask *t) {
                 int r = policy_run_step(t->run);
                 if (r == POLICY_RUN_SUSPENDED) {
                         PolicyValue *now = NULL;
+                        if (t->trace[0])
+                                trace_call(t, policy_run_pending(t->run));
                         if (task_dispatch(t, policy_run_pending(t->run), &now) > 0)
                                 return; /* a callback steps on */
+                        if (t->trace[0] && now)
+                                trace_answer(t, now);
                         if (!now)
                                 (void) policy_run_abort(t->run, "out of memory");
                         else
@@ -401,13 +453,20 @@ static void task_step(SmtpdPolicyTask *t) {
         }
         t->finished = true;
         task_cancel_io(t);
+        if (t->trace[0]) {
+                const PolicyResult *res = policy_run_result(t->run);
+                trace_log(t, "%s: %s%s %u %s%s%s%s%s, %llu steps", res->at ?: "end of handler",
+                          policy_verdict_to_string(res->verdict), res->by_default ? " (by default)" : "",
+                          res->code, res->enhanced, res->reason ? " " : "", res->reason ?: "",
+                          res->error ? ": " : "", res->error ?: "", (unsigned long long) res->steps);
+        }
         (void) sd_event_source_set_enabled(t->deadline, SD_EVENT_OFF);
         if (!t->starting && t->done)
                 t->done(t, policy_run_result(t->run), t->userdata);
 }
 
-int smtpd_policy_start(Manager *m, PolicyPhase phase, const PolicyRunParams *params, SmtpdPolicyDone done,
-                       void *userdata, SmtpdPolicyTask **ret) {
+int smtpd_policy_start(Manager *m, PolicyPhase phase, const PolicyRunParams *params, const char *trace,
+                       SmtpdPolicyDone done, void *userdata, SmtpdPolicyTask **ret) {
         PolicyRunParams p = *params;
         SmtpdPolicyTask *t = calloc(1, sizeof *t);
         int r;
@@ -415,6 +474,8 @@ int smtpd_policy_start(Manager *m, PolicyPhase phase, const PolicyRunParams *par
         if (!t)
                 return -ENOMEM;
         t->manager = m;
+        if (trace)
+                snprintf(t->trace, sizeof t->trace, "%s", trace);
         t->done = done;
         t->userdata = userdata;
         p.cache = m->policy_cache;

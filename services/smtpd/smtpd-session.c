@@ -790,6 +790,15 @@ static void on_policy_done(SmtpdPolicyTask *t, const PolicyResult *r, void *user
         session_process(s);
 }
 
+/* The operator asked to trace this client's sessions (PolicyTrace). */
+static bool policy_traced(Session *s) {
+        Manager *m = s->manager;
+        for (unsigned i = 0; i < m->n_trace; i++)
+                if (strcmp(m->trace[i], s->ip) == 0)
+                        return true;
+        return false;
+}
+
 /* Runs the policy's handler for phase; then() follows with the result, at
  * once or when the policy's lookups are answered (the session reads no
  * input meanwhile, so pipelined commands wait their turn). Takes arguments. */
@@ -801,7 +810,8 @@ static void session_policy(Session *s, PolicyPhase phase, PolicyValue *arguments
 
         s->policy_then = then;
         if (r >= 0)
-                r = smtpd_policy_start(s->manager, phase, &p, on_policy_done, s, &s->policy_task);
+                r = smtpd_policy_start(s->manager, phase, &p, policy_traced(s) ? s->id : NULL, on_policy_done, s,
+                                       &s->policy_task);
         policy_value_unref(conn);
         policy_value_unref(tx);
         policy_value_unref(arguments);

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* io.halyard.Smtpd on the fd systemd names "varlink". */
+#include <arpa/inet.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "io.halyard.Smtpd.varlink.h"
 #include "smtpd.h"
@@ -112,6 +114,47 @@ static int method_policy_cache_clear(Varlink *link, json_object *parameters, Var
         return varlink_reply(link, NULL);
 }
 
+static int method_policy_trace(Varlink *link, json_object *parameters, VarlinkCallFlags flags, void *userdata) {
+        Manager *m = varlink_server_get_userdata(varlink_get_server(link));
+        json_object *a = NULL, *e = NULL;
+        (void) json_object_object_get_ex(parameters, "address", &a);
+        (void) json_object_object_get_ex(parameters, "enabled", &e);
+        if (a && json_object_is_type(a, json_type_string)) {
+                /* Canonical text, as sessions print their client's address. */
+                char canon[INET6_ADDRSTRLEN];
+                unsigned char bin[sizeof(struct in6_addr)];
+                const char *addr = json_object_get_string(a);
+                if (inet_pton(AF_INET, addr, bin) == 1)
+                        inet_ntop(AF_INET, bin, canon, sizeof canon);
+                else if (inet_pton(AF_INET6, addr, bin) == 1)
+                        inet_ntop(AF_INET6, bin, canon, sizeof canon);
+                else
+                        return varlink_error_invalid_parameter(link, "address");
+                unsigned i = 0;
+                while (i < m->n_trace && strcmp(m->trace[i], canon) != 0)
+                        i++;
+                bool on = !e || json_object_get_boolean(e);
+                if (on && i == m->n_trace) {
+                        if (m->n_trace >= ELEMENTSOF(m->trace)) {
+                                json_object *p = json_object_new_object();
+                                json_object_object_add(p, "max", json_object_new_int((int) ELEMENTSOF(m->trace)));
+                                int r = varlink_error(link, "io.halyard.Smtpd.TooManyTraces", p);
+                                json_object_put(p);
+                                return r;
+                        }
+                        snprintf(m->trace[m->n_trace++], sizeof m->trace[0], "%s", canon);
+                } else if (!on && i < m->n_trace)
+                        memcpy(m->trace[i], m->trace[--m->n_trace], sizeof m->trace[0]);
+        }
+        json_object *p = json_object_new_object(), *list = json_object_new_array();
+        for (unsigned i = 0; i < m->n_trace; i++)
+                json_object_array_add(list, json_object_new_string(m->trace[i]));
+        json_object_object_add(p, "addresses", list);
+        int r = varlink_reply(link, p);
+        json_object_put(p);
+        return r;
+}
+
 int smtpd_varlink_setup(Manager *m) {
         static const VarlinkServerInfo info = {
                 .vendor = "halyard",
@@ -131,5 +174,7 @@ int smtpd_varlink_setup(Manager *m) {
                 r = varlink_server_bind(m->varlink, "io.halyard.Smtpd.PolicyCacheList", method_policy_cache_list);
         if (r >= 0)
                 r = varlink_server_bind(m->varlink, "io.halyard.Smtpd.PolicyCacheClear", method_policy_cache_clear);
+        if (r >= 0)
+                r = varlink_server_bind(m->varlink, "io.halyard.Smtpd.PolicyTrace", method_policy_trace);
         return r;
 }

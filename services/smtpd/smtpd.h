@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <systemd/sd-event.h>
 
@@ -101,6 +102,9 @@ struct Manager {
         PolicyCache *policy_cache;
         SmtpdRate *rate;
         SmtpdRedis *redis;             /* rate(..., [shared => true]) across hosts */
+        /* Client addresses whose sessions' policy runs are traced. */
+        char trace[16][INET6_ADDRSTRLEN];
+        unsigned n_trace;
         DnsResolver *resolver;         /* for the policy's lookups */
         VarlinkServer *varlink;
         /* Idle connections to the queue, reused by the next message: a

@@ -18,6 +18,7 @@ loopback (tests/dns/fixture.sh) for dnsbl() and dns_query():
 """
 
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -159,6 +160,26 @@ class PolicyTest(unittest.TestCase):
             sizes = [b["size"] for b in r["parameters"]["buckets"] if b["namespace"] == "dnsbl"]
             self.assertEqual(sum(sizes), 0)
         self.assertEqual(self.smtpd.status()["policy"], str(self.policy))
+
+    def test_trace(self):
+        rt = self.tmp / "rt-trace"
+        os.makedirs(rt, exist_ok=True)
+        if not os.path.exists(rt / "io.halyard.Smtpd"):
+            os.symlink(self.smtpd.varlink, rt / "io.halyard.Smtpd")
+        rc, out, err = harness.halyardctl("--runtime-dir=%s" % rt, "policy", "trace", "127.0.0.1", "on")
+        self.assertEqual((rc, out), (0, "Tracing the policy for: 127.0.0.1\n"), err)
+        try:
+            with self.connect() as s:
+                s.ehlo("client.test")
+                self.assertEqual(s.mail("slow@client.test")[0], 451)
+        finally:
+            rc, out, err = harness.halyardctl("--runtime-dir=%s" % rt, "policy", "trace", "127.0.0.1", "off")
+            self.assertEqual((rc, out), (0, "Tracing the policy for: nobody\n"), err)
+        log = self.smtpd.log()
+        self.assertRegex(log, r'policy trace: %s:\d+:\d+: dns_query\("nonexistent\.halyard\.test", \{"type":"A"\}\)'
+                         % re.escape(str(self.policy)))
+        self.assertRegex(log, r'policy trace: .*: dns_query -> \{"error":"nxdomain"\}')
+        self.assertRegex(log, r"policy trace: .*policy\.hal:\d+:\d+: defer 451 4\.4\.3 Sender check failed: nxdomain")
 
     def test_helo(self):
         with self.connect() as s:
