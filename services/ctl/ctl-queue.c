@@ -76,6 +76,12 @@ static void print_message(json_object *msg, bool detailed) {
                 print_time(json_object_get_int64(next));
                 printf("\n");
         }
+        json_object *dests = json_object_object_get(msg, "destinations");
+        for (size_t i = 0; detailed && i < json_object_array_length(dests); i++) {
+                json_object *d = json_object_array_get_idx(dests, i);
+                printf("%52sTLS policy for %s: %s\n", "", json_object_get_string(json_object_object_get(d, "domain")),
+                       json_object_get_string(json_object_object_get(d, "tlsPolicy")));
+        }
 }
 
 typedef struct ListState {

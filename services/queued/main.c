@@ -3,7 +3,25 @@
  * fd systemd names "varlink" (halyard-queued.socket:
  * /run/halyard/io.halyard.Queue) or on --listen=ADDRESS for development.
  * Keeps its spool in $STATE_DIRECTORY (or --spool=DIR). Reads [Queue] from
- * the halyard configuration; SIGHUP reloads it, SIGTERM drains. */
+ * the halyard configuration; SIGHUP reloads it, SIGTERM drains.
+ *
+ * Secure delivery ([Queue]):
+ *   TLS=no|may|require      the default for destinations without a TLSPolicy=
+ *                           entry: no = plaintext; may (default) = DANE where
+ *                           secure usable TLSA exist, else MTA-STS where
+ *                           published, else opportunistic STARTTLS; require =
+ *                           the same, with mandatory STARTTLS as the last step
+ *   TLSPolicy=DOMAIN=LEVEL  per destination (".example.org" = its subdomains):
+ *                           none, may, encrypt, verify (WebPKI), dane, dane-only
+ *   TLSCAFile=PATH          CAs for WebPKI checks of MX certificates (MTA-STS,
+ *                           verify); default the system store; read at start
+ *   MtaStsCAFile=PATH       CAs for the MTA-STS policy host (HTTPS); default the
+ *                           system store; read at start
+ *   MtaStsPort=N            TEST ONLY: the policy host's HTTPS port (RFC 8461
+ *                           fixes 443); read at start
+ *   TlsRpt=ADDRESS|none     where TLS results go (oneway io.halyard.TlsRpt.Record),
+ *                           default unix:/run/halyard/io.halyard.TlsRpt
+ * The MTA-STS policy cache lives beside the spool (STATE_DIRECTORY/mta-sts). */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +53,11 @@ const ConfigKey queued_config_keys[] = {
         { "Queue", "IPv6", CONFIG_BOOL },
         { "Queue", "SourceAddresses", CONFIG_ADDRESSES },
         { "Queue", "SourceBySenderDomain", CONFIG_LIST },
+        { "Queue", "TLSPolicy", CONFIG_LIST },
+        { "Queue", "TLSCAFile", CONFIG_STRING },
+        { "Queue", "TlsRpt", CONFIG_STRING },
+        { "Queue", "MtaStsCAFile", CONFIG_STRING },
+        { "Queue", "MtaStsPort", CONFIG_UINT },
         { "DNS", "Forwarders", CONFIG_LIST },
         { "DNS", "TrustAnchor", CONFIG_STRING },
         { "DNS", "TransparentZones", CONFIG_LIST },
@@ -78,10 +101,21 @@ static int check_config(Config *c, const char *path) {
                                 break;
                         }
                 }
+        _cleanup_(config_strv_freep) char **tls_policy = NULL;
+        const char *bad = NULL;
+        if (r >= 0 && config_get_list(c, "Queue", "TLSPolicy", &tls_policy) >= 0 && tls_policy_check(tls_policy, &bad) < 0) {
+                snprintf(err, sizeof err, "invalid TLSPolicy= entry \"%.100s\" (domain=none|may|encrypt|verify|dane|dane-only)", bad);
+                r = -EINVAL;
+        }
+        uint64_t port;
+        if (r >= 0 && config_get_uint(c, "Queue", "MtaStsPort", &port) >= 0 && (port == 0 || port > 65535)) {
+                snprintf(err, sizeof err, "invalid MtaStsPort= (1-65535)");
+                r = -EINVAL;
+        }
         if (r < 0) {
                 const char *file = path;
                 unsigned line = 0;
-                (void) config_get_location(c, "Queue", strstr(err, "RetrySchedule") ? "RetrySchedule" : strstr(err, "SourceBySenderDomain") ? "SourceBySenderDomain" : strstr(err, "TLS=") ? "TLS" : strstr(err, "Relayhost") ? "Relayhost" : "Routes", &file, &line);
+                (void) config_get_location(c, "Queue", strstr(err, "RetrySchedule") ? "RetrySchedule" : strstr(err, "SourceBySenderDomain") ? "SourceBySenderDomain" : strstr(err, "TLSPolicy") ? "TLSPolicy" : strstr(err, "MtaStsPort") ? "MtaStsPort" : strstr(err, "TLS=") ? "TLS" : strstr(err, "Relayhost") ? "Relayhost" : "Routes", &file, &line);
                 fprintf(stderr, "%s:%u: error: %s\n", file, line, err);
         }
         return r;
@@ -167,6 +201,24 @@ static void apply_delivery_config(Manager *m, Config *c) {
                         m->n_source_by_domain = i + 1;
                 }
         }
+        config_strv_free(m->tls_policy_entries);
+        m->tls_policy_entries = NULL;
+        (void) config_get_list(c, "Queue", "TLSPolicy", &m->tls_policy_entries);
+        free(m->tlsrpt_address);
+        m->tlsrpt_address = NULL;
+        if (config_get_string(c, "Queue", "TlsRpt", &s) < 0)
+                s = "unix:/run/halyard/io.halyard.TlsRpt";
+        if (!streq_ptr(s, "none"))
+                m->tlsrpt_address = strdup(s);
+        m->tlsrpt_link = varlink_unref(m->tlsrpt_link); /* the address may have changed */
+        /* Read at start only (credentials and the fetcher are shared by sessions in flight). */
+        if (!m->mtasts) {
+                free(m->tls_ca_file);
+                free(m->mtasts_ca_file);
+                m->tls_ca_file = config_get_string(c, "Queue", "TLSCAFile", &s) >= 0 && *s ? strdup(s) : NULL;
+                m->mtasts_ca_file = config_get_string(c, "Queue", "MtaStsCAFile", &s) >= 0 && *s ? strdup(s) : NULL;
+                m->mtasts_port = config_get_uint(c, "Queue", "MtaStsPort", &v) >= 0 ? (uint16_t) v : 0;
+        }
         memset(&m->mx_config, 0, sizeof m->mx_config);
         if (config_get_bool(c, "Queue", "IPv4", &b) >= 0)
                 m->mx_config.disable_ipv4 = !b;
@@ -212,6 +264,29 @@ static int resolver_setup(Manager *m) {
         return dns_resolver_new(m->event, &dc, &m->resolver);
 }
 
+/* The MTA-STS fetcher with its cache next to the spool. (The WebPKI trust
+ * for MX certificates is loaded at its first use: deliver_webpki_creds().) */
+static int secure_delivery_setup(Manager *m, const char *spool_dir) {
+        _cleanup_free_ char *spool = strdup(spool_dir), *cache = NULL;
+        if (!spool)
+                return -ENOMEM;
+        char *slash = strrchr(spool, '/');
+        if (slash && slash != spool)
+                *slash = 0;
+        else if (slash)
+                slash[1] = 0;
+        else
+                strcpy(spool, ".");
+        if (asprintf(&cache, "%s/mta-sts", spool) < 0)
+                return -ENOMEM;
+        MtaStsConfig mc = {
+                .cache_dir = cache,
+                .ca_file = m->mtasts_ca_file,
+                .port = m->mtasts_port,
+        };
+        return mtasts_context_new(m->event, m->resolver, &mc, &m->mtasts);
+}
+
 static int on_reload(Daemon *d, void *userdata) {
         Manager *m = userdata;
         return manager_load_config(m, m->config_path);
@@ -246,6 +321,14 @@ static int load_one(Spool *s, const char *id, json_object *envelope, uint64_t si
 
 static void manager_free(Manager *m) {
         deliver_stop(m);
+        mtasts_context_free(m->mtasts);
+        varlink_unref(m->tlsrpt_link);
+        if (m->webpki_creds)
+                gnutls_certificate_free_credentials(m->webpki_creds);
+        config_strv_free(m->tls_policy_entries);
+        free(m->tlsrpt_address);
+        free(m->tls_ca_file);
+        free(m->mtasts_ca_file);
         dns_resolver_free(m->resolver);
         free(m->hostname);
         free(m->relayhost);
@@ -339,6 +422,9 @@ int main(int argc, char **argv) {
         r = resolver_setup(&m);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up the DNS resolver: %m"), 1;
+        r = secure_delivery_setup(&m, spool_dir);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up secure delivery: %m"), 1;
         r = deliver_setup(&m);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up delivery: %m"), 1;

@@ -30,7 +30,59 @@ typedef struct Target {
         char *host;
         struct sockaddr_storage sa;
         socklen_t salen;
+        ssize_t policy; /* index into Delivery.hosts, -1: none (a literal route) */
 } Target;
+
+/* DANE state of one MX host (RFC 7672 §2.2). */
+typedef enum HostDane {
+        HOST_DANE_NONE,     /* not looked up, insecure, or securely no TLSA */
+        HOST_DANE_USABLE,   /* secure TLSA with usable records: authenticate */
+        HOST_DANE_UNUSABLE, /* secure TLSA, none usable: TLS mandatory, unauthenticated */
+        HOST_DANE_FAILED,   /* bogus or failed lookup: this host is not used */
+} HostDane;
+
+typedef struct HostPolicy {
+        char *name;
+        char *canonical;  /* where the host's secure CNAMEs led, NULL if none */
+        const char *base; /* the TLSA base domain: canonical first, then name (RFC 7672 2.2.2) */
+        struct Delivery *d;
+        DnsQuery *query;
+        HostDane dane;
+        DaneTlsa tlsa;
+        char why[300];
+} HostPolicy;
+
+/* How one session is secured, and what its TLS result says. */
+typedef enum SessionMode {
+        MODE_NONE,        /* plaintext */
+        MODE_MAY,         /* opportunistic */
+        MODE_ENCRYPT,     /* TLS mandatory, no authentication */
+        MODE_VERIFY,      /* TLS mandatory, WebPKI */
+        MODE_DANE,        /* TLS mandatory, DANE */
+        MODE_DANE_ENCRYPT,/* TLS mandatory because of unusable TLSA */
+        MODE_STS_ENFORCE, /* TLS mandatory, WebPKI (MTA-STS enforce) */
+        MODE_STS_TESTING, /* opportunistic, checked and reported (MTA-STS testing) */
+        _MODE_MAX,
+} SessionMode;
+
+static const char *const mode_names[_MODE_MAX] = {
+        [MODE_NONE] = "none", [MODE_MAY] = "may", [MODE_ENCRYPT] = "encrypt", [MODE_VERIFY] = "verify",
+        [MODE_DANE] = "dane", [MODE_DANE_ENCRYPT] = "dane-encrypt", [MODE_STS_ENFORCE] = "sts-enforce",
+        [MODE_STS_TESTING] = "sts-testing",
+};
+
+typedef struct Session {
+        SessionMode mode;
+        bool reused, reported;
+        TlsPolicyType type;
+        const char *policy_domain;
+        const char *const *strings;
+        const char *const *mx;
+        TlsResultType verify;          /* set by the verify hook */
+        char verify_reason[300];
+        TlsResultType forced;          /* a policy-level failure that this session carries */
+        char forced_reason[300];
+} Session;
 
 /* One attempt to deliver one message's pending recipients in one domain. */
 typedef struct Delivery {
@@ -50,6 +102,18 @@ typedef struct Delivery {
         char last_error[512];
         bool last_error_permanent;
         char enhanced[SMTP_ENHANCED_MAX];
+        /* secure delivery */
+        TlsLevel level;
+        SmtpTlsPolicy fallback;      /* when neither DANE nor MTA-STS applies */
+        HostPolicy *hosts;
+        size_t n_hosts;
+        unsigned lookups;            /* TLSA and MTA-STS lookups outstanding */
+        MtaStsLookup *sts_lookup;
+        MtaStsPolicy sts;            /* mode NONE: no policy */
+        bool have_sts;
+        TlsResultType sts_failure;
+        char sts_reason[300];
+        Session sess;
         struct Delivery *next; /* in m->deliveries */
 } Delivery;
 
@@ -62,6 +126,7 @@ typedef struct IdleConn {
         struct sockaddr_storage sa;
         socklen_t salen;
         bool lmtp;
+        SessionMode mode; /* a kept session is only reused under the same TLS mode */
         sd_event_source *timer;
         struct IdleConn *next;
 } IdleConn;
@@ -99,7 +164,7 @@ static int idle_expired(sd_event_source *s, uint64_t usec, void *userdata) {
 }
 
 static void idle_park(Manager *m, SmtpClient *c, const char *host, const struct sockaddr_storage *sa, socklen_t salen,
-                      bool lmtp) {
+                      bool lmtp, SessionMode mode) {
         IdleConn *ic = m->n_idle < IDLE_CONN_MAX ? calloc(1, sizeof *ic) : NULL;
         if (!ic || !(ic->host = strdup(host)) ||
             sd_event_add_time_relative(m->event, &ic->timer, CLOCK_MONOTONIC, IDLE_CONN_USEC, 0, idle_expired, ic) < 0) {
@@ -115,6 +180,7 @@ static void idle_park(Manager *m, SmtpClient *c, const char *host, const struct 
         ic->sa = *sa;
         ic->salen = salen;
         ic->lmtp = lmtp;
+        ic->mode = mode;
         ic->next = m->idle;
         m->idle = ic;
         m->n_idle++;
@@ -122,9 +188,10 @@ static void idle_park(Manager *m, SmtpClient *c, const char *host, const struct 
 }
 
 /* Takes an idle session to this next hop, or NULL. */
-static SmtpClient *idle_take(Manager *m, const char *host, const struct sockaddr_storage *sa, socklen_t salen, bool lmtp) {
+static SmtpClient *idle_take(Manager *m, const char *host, const struct sockaddr_storage *sa, socklen_t salen, bool lmtp,
+                             SessionMode mode) {
         for (IdleConn *ic = m->idle; ic; ic = ic->next) {
-                if (ic->lmtp != lmtp || ic->salen != salen || memcmp(&ic->sa, sa, salen) != 0 || strcmp(ic->host, host) != 0 ||
+                if (ic->lmtp != lmtp || ic->mode != mode || ic->salen != salen || memcmp(&ic->sa, sa, salen) != 0 || strcmp(ic->host, host) != 0 ||
                     !smtp_client_usable(ic->client))
                         continue;
                 SmtpClient *c = TAKE_PTR(ic->client);
@@ -507,6 +574,15 @@ static void delivery_free(Delivery *d) {
         if (!d)
                 return;
         mx_lookup_cancel(d->mx);
+        mtasts_lookup_cancel(d->sts_lookup);
+        for (size_t i = 0; i < d->n_hosts; i++) {
+                dns_query_cancel(d->hosts[i].query);
+                dane_tlsa_done(&d->hosts[i].tlsa);
+                free(d->hosts[i].name);
+                free(d->hosts[i].canonical);
+        }
+        free(d->hosts);
+        mtasts_policy_done(&d->sts);
         smtp_client_free(d->client);
         for (size_t i = 0; i < d->n_targets; i++)
                 free(d->targets[i].host);
@@ -581,6 +657,271 @@ static bool session_reached_mail(SmtpClient *c, size_t n) {
         return false;
 }
 
+/* ---- secure delivery: policy per session, verify hooks, TLS results -------------- */
+
+TlsLevel deliver_tls_level(Manager *m, const char *domain, SmtpTlsPolicy *ret_fallback) {
+        TlsLevel l = tls_policy_lookup(m->tls_policy_entries, domain, _TLS_LEVEL_INVALID);
+        SmtpTlsPolicy fallback = l == TLS_LEVEL_NONE ? SMTP_TLS_NO : SMTP_TLS_MAY;
+
+        if (l < 0) {
+                /* No entry: TLS= decides. no: none at all; may: published
+                 * policies (DANE, MTA-STS), else opportunistic; require:
+                 * published policies, else encrypted. */
+                l = m->tls_policy == SMTP_TLS_NO ? TLS_LEVEL_NONE : TLS_LEVEL_DANE;
+                fallback = m->tls_policy;
+        }
+        if (ret_fallback)
+                *ret_fallback = fallback;
+        return l;
+}
+
+/* WebPKI trust for MX certificates (MTA-STS, TLSPolicy=verify): TLSCAFile=
+ * or the system store, loaded at the first use (a local file read; not at
+ * start, where it would slow every restart for a rarely used feature). */
+static gnutls_certificate_credentials_t webpki_creds(Manager *m) {
+        if (m->webpki_creds)
+                return m->webpki_creds;
+        if (gnutls_certificate_allocate_credentials(&m->webpki_creds) < 0) {
+                m->webpki_creds = NULL;
+                return NULL;
+        }
+        int r = m->tls_ca_file ? gnutls_certificate_set_x509_trust_file(m->webpki_creds, m->tls_ca_file, GNUTLS_X509_FMT_PEM)
+                               : gnutls_certificate_set_x509_system_trust(m->webpki_creds);
+        if (r <= 0)
+                log_warning("No trusted CAs loaded%s%s (%s): WebPKI checks will fail", m->tls_ca_file ? " from " : "",
+                            m->tls_ca_file ? m->tls_ca_file : "", r < 0 ? gnutls_strerror(r) : "empty");
+        return m->webpki_creds;
+}
+
+static bool message_is_tls_report(const Message *msg) {
+        return json_object_get_boolean(json_object_object_get(msg->envelope, "tlsReport"));
+}
+
+static void target_address(const Target *t, char *buf, size_t n) {
+        buf[0] = 0;
+        if (t->sa.ss_family == AF_INET)
+                inet_ntop(AF_INET, &((const struct sockaddr_in *) &t->sa)->sin_addr, buf, (socklen_t) n);
+        else if (t->sa.ss_family == AF_INET6)
+                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *) &t->sa)->sin6_addr, buf, (socklen_t) n);
+}
+
+/* The first word of the greeting: the receiving MX's own name. */
+static void greeting_name(const SmtpSessionFacts *f, char *buf, size_t n) {
+        buf[0] = 0;
+        if (!f || !f->greeting)
+                return;
+        size_t k = strcspn(f->greeting, " \n\r\t");
+        snprintf(buf, n, "%.*s", (int) MIN(k, n - 1), f->greeting);
+}
+
+/* Records which TLS policy the domain's last attempt used, for Show. */
+static void note_destination_policy(Delivery *d, const char *text) {
+        json_object *tls = json_object_object_get(d->msg->envelope, "tlsPolicies");
+        if (!json_object_is_type(tls, json_type_object)) {
+                tls = json_object_new_object();
+                if (!tls)
+                        return;
+                json_object_object_add(d->msg->envelope, "tlsPolicies", tls);
+        }
+        json_object_object_add(tls, d->domain, json_object_new_string(text));
+}
+
+static void emit_result(Delivery *d, const Target *t, const SmtpSessionFacts *facts, TlsResultType type,
+                        const char *reason) {
+        char ip[INET6_ADDRSTRLEN], helo[256];
+        target_address(t, ip, sizeof ip);
+        greeting_name(facts, helo, sizeof helo);
+        TlsResult r = {
+                .policy_type = d->sess.type,
+                .policy_domain = d->sess.policy_domain,
+                .policy_strings = d->sess.strings,
+                .mx_patterns = d->sess.mx,
+                .mx_host = t->host,
+                .mx_helo = helo,
+                .receiving_ip = ip,
+                .sending_ip = facts && facts->local_address[0] ? facts->local_address : NULL,
+                .result = type,
+                .failure_reason = type != TLS_RESULT_NONE ? reason : NULL,
+        };
+        tlsrpt_record(d->m, d->msg->id, !message_is_tls_report(d->msg), &r);
+}
+
+/* The session's TLS result, once: at the end of a new (not reused)
+ * session that got as far as EHLO. Sessions that never talked SMTP
+ * (connection failures) are not TLS results (RFC 8460 §4.3.4). */
+static void session_report(Delivery *d, SmtpClient *c) {
+        const SmtpSessionFacts *f = smtp_client_facts(c);
+        Target *t = &d->targets[d->cur];
+        TlsResultType type;
+        const char *reason = NULL;
+
+        if (d->sess.reported || d->sess.reused || d->sess.mode == MODE_NONE || !f || !f->hello_done)
+                return;
+        if (f->tls_verify_failed) {
+                type = d->sess.verify;
+                reason = d->sess.verify_reason;
+        } else if (f->tls_handshake_failed) {
+                type = TLS_RESULT_VALIDATION_FAILURE;
+                reason = "TLS handshake failed";
+        } else if (!f->tls) {
+                if (f->starttls_offered && !f->starttls_refused)
+                        return; /* the session ended before STARTTLS could happen */
+                type = TLS_RESULT_STARTTLS_NOT_SUPPORTED;
+                reason = f->starttls_refused ? "STARTTLS refused" : "STARTTLS not offered";
+        } else if (d->sess.verify != TLS_RESULT_NONE) {
+                type = d->sess.verify; /* MTA-STS testing: delivered, reported */
+                reason = d->sess.verify_reason;
+        } else if (d->sess.forced != TLS_RESULT_NONE) {
+                type = d->sess.forced;
+                reason = d->sess.forced_reason;
+        } else
+                type = TLS_RESULT_NONE;
+        d->sess.reported = true;
+        emit_result(d, t, f, type, reason);
+}
+
+static int verify_dane(SmtpClient *c, gnutls_session_t tls, char *reason, size_t reason_size, void *userdata) {
+        Delivery *d = userdata;
+        const Target *t = &d->targets[d->cur];
+        const HostPolicy *h = &d->hosts[t->policy];
+        unsigned n = 0;
+        const gnutls_datum_t *chain = gnutls_certificate_get_peers(tls, &n);
+        /* reference identifiers (RFC 7672 3.2.3): the TLSA base domain and the MX host name */
+        const char *names[] = { h->base, h->base != h->name ? h->name : NULL, NULL };
+        TlsResultType type = TLS_RESULT_VALIDATION_FAILURE;
+
+        int r = dane_verify_chain(&h->tlsa, chain, n, names, &type, d->sess.verify_reason, sizeof d->sess.verify_reason);
+        if (r > 0)
+                return 1;
+        if (r < 0)
+                snprintf(d->sess.verify_reason, sizeof d->sess.verify_reason, "local error: %s", strerror(-r));
+        d->sess.verify = r < 0 ? TLS_RESULT_VALIDATION_FAILURE : type;
+        snprintf(reason, reason_size, "DANE: %s (%s)", tls_result_type_to_string(d->sess.verify), d->sess.verify_reason);
+        return -1;
+}
+
+/* WebPKI for the MX host name; hard for MTA-STS enforce and verify, soft
+ * (recorded, delivered) for MTA-STS testing. */
+static int verify_webpki(SmtpClient *c, gnutls_session_t tls, char *reason, size_t reason_size, void *userdata) {
+        Delivery *d = userdata;
+        const Target *t = &d->targets[d->cur];
+        unsigned status = 0;
+
+        int r = gnutls_certificate_verify_peers3(tls, t->host, &status);
+        if (r == 0 && status == 0)
+                return 1;
+        gnutls_datum_t msg = {};
+        if (r == 0)
+                (void) gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &msg, 0);
+        snprintf(d->sess.verify_reason, sizeof d->sess.verify_reason, "%s",
+                 r < 0 ? gnutls_strerror(r) : msg.data ? (const char *) msg.data : "not valid");
+        gnutls_free(msg.data);
+        d->sess.verify = r < 0 ? TLS_RESULT_VALIDATION_FAILURE : tls_webpki_status_to_result(status);
+        if (d->sess.mode == MODE_STS_TESTING)
+                return 0;
+        snprintf(reason, reason_size, "%s (%s)", tls_result_type_to_string(d->sess.verify), d->sess.verify_reason);
+        return -1;
+}
+
+/* Decides how the session to t is secured. false: t must not be used
+ * (its TLS result is already recorded, d->last_error says why). */
+static bool session_prepare(Delivery *d, const Target *t, SmtpClientOptions *o) {
+        HostPolicy *h = t->policy >= 0 ? &d->hosts[t->policy] : NULL;
+        Session *s = &d->sess;
+        char ptext[400];
+
+        *s = (Session){ .type = TLS_POLICY_NO_POLICY_FOUND, .policy_domain = d->domain };
+        o->tls_verify = NULL;
+        o->tls_verify_userdata = d;
+        o->tls_creds = NULL;
+
+        if (h && h->dane == HOST_DANE_FAILED) {
+                s->type = TLS_POLICY_TLSA;
+                s->policy_domain = h->base;
+                snprintf(d->last_error, sizeof d->last_error, "%.200s: %s", t->host, h->why);
+                snprintf(ptext, sizeof ptext, "%s: tlsa %s (DNSSEC failure)", tls_level_to_string(d->level), h->base);
+                note_destination_policy(d, ptext);
+                emit_result(d, t, NULL, TLS_RESULT_DNSSEC_INVALID, h->why);
+                return false;
+        }
+        if (h && (h->dane == HOST_DANE_USABLE || h->dane == HOST_DANE_UNUSABLE)) {
+                s->type = TLS_POLICY_TLSA;
+                s->policy_domain = h->base;
+                o->tls_server_name = h->base; /* SNI: the TLSA base domain (RFC 7672 8.1) */
+                s->strings = (const char *const *) h->tlsa.strings;
+                s->mode = h->dane == HOST_DANE_USABLE ? MODE_DANE : MODE_DANE_ENCRYPT;
+                o->tls = SMTP_TLS_REQUIRE;
+                if (s->mode == MODE_DANE)
+                        o->tls_verify = verify_dane;
+                snprintf(ptext, sizeof ptext, "%s: tlsa %s (%s)", tls_level_to_string(d->level), h->base,
+                         s->mode == MODE_DANE ? "authenticated" : "no usable records, encrypted");
+                note_destination_policy(d, ptext);
+                return true;
+        }
+        if (d->level == TLS_LEVEL_DANE_ONLY) {
+                s->type = TLS_POLICY_TLSA;
+                s->policy_domain = h ? h->name : t->host;
+                snprintf(d->last_error, sizeof d->last_error, "%.200s: DANE required, but there are no secure usable TLSA records",
+                         t->host);
+                note_destination_policy(d, "dane-only: no secure TLSA records");
+                emit_result(d, t, NULL, TLS_RESULT_DANE_REQUIRED, "no secure usable TLSA records");
+                return false;
+        }
+        if (d->have_sts && d->sts.mode != MTASTS_MODE_NONE) {
+                s->type = TLS_POLICY_STS;
+                s->strings = (const char *const *) d->sts.lines;
+                s->mx = (const char *const *) d->sts.mx;
+                bool enforce = d->sts.mode == MTASTS_MODE_ENFORCE;
+                snprintf(ptext, sizeof ptext, "%s: sts %s", tls_level_to_string(d->level), mtasts_mode_to_string(d->sts.mode));
+                note_destination_policy(d, ptext);
+                if (!mtasts_policy_allows(&d->sts, t->host)) {
+                        if (enforce) {
+                                snprintf(d->last_error, sizeof d->last_error,
+                                         "%.200s: MX host not allowed by the MTA-STS policy of %s", t->host, d->domain);
+                                emit_result(d, t, NULL, TLS_RESULT_VALIDATION_FAILURE, "mtasts-policy-mx-mismatch");
+                                return false;
+                        }
+                        s->forced = TLS_RESULT_VALIDATION_FAILURE;
+                        snprintf(s->forced_reason, sizeof s->forced_reason, "mtasts-policy-mx-mismatch");
+                }
+                s->mode = enforce ? MODE_STS_ENFORCE : MODE_STS_TESTING;
+                o->tls = enforce ? SMTP_TLS_REQUIRE : SMTP_TLS_MAY;
+                o->tls_verify = verify_webpki;
+                o->tls_creds = webpki_creds(d->m);
+                return true;
+        }
+        if (d->sts_failure != TLS_RESULT_NONE) {
+                /* The policy could not be had: delivered as without one, reported. */
+                s->type = TLS_POLICY_STS;
+                s->forced = d->sts_failure;
+                snprintf(s->forced_reason, sizeof s->forced_reason, "%s", d->sts_reason);
+        }
+        switch (d->level == TLS_LEVEL_DANE ? (d->fallback == SMTP_TLS_REQUIRE ? TLS_LEVEL_ENCRYPT : d->fallback == SMTP_TLS_NO ? TLS_LEVEL_NONE : TLS_LEVEL_MAY) : d->level) {
+        case TLS_LEVEL_NONE:
+                s->mode = MODE_NONE;
+                o->tls = SMTP_TLS_NO;
+                break;
+        case TLS_LEVEL_ENCRYPT:
+                s->mode = MODE_ENCRYPT;
+                o->tls = SMTP_TLS_REQUIRE;
+                break;
+        case TLS_LEVEL_VERIFY:
+                s->mode = MODE_VERIFY;
+                o->tls = SMTP_TLS_REQUIRE;
+                o->tls_verify = verify_webpki;
+                o->tls_creds = webpki_creds(d->m);
+                break;
+        default:
+                s->mode = MODE_MAY;
+                o->tls = SMTP_TLS_MAY;
+                break;
+        }
+        snprintf(ptext, sizeof ptext, "%s: %s%s", tls_level_to_string(d->level), mode_names[s->mode],
+                 d->sts_failure != TLS_RESULT_NONE ? " (MTA-STS policy unavailable)" : "");
+        note_destination_policy(d, ptext);
+        return true;
+}
+
 static void on_smtp_event(SmtpClient *c, SmtpClientEvent ev, void *userdata) {
         Delivery *d = userdata;
         const SmtpSessionFacts *facts = smtp_client_facts(c);
@@ -596,8 +937,9 @@ static void on_smtp_event(SmtpClient *c, SmtpClientEvent ev, void *userdata) {
                 snprintf(relay, sizeof relay, "%s[%s]:%u", t->host, addr, d->port);
         }
         if (facts && facts->tls)
-                snprintf(tls, sizeof tls, "%s %s", facts->tls_version ? facts->tls_version : "TLS",
-                         facts->tls_cipher ? facts->tls_cipher : "");
+                snprintf(tls, sizeof tls, "%s %s%s", facts->tls_version ? facts->tls_version : "TLS",
+                         facts->tls_cipher ? facts->tls_cipher : "", facts->tls_verified ? " verified" : "");
+        session_report(d, c);
 
         if (ev == SMTP_CLIENT_EVENT_TRANSACTION_DONE && !session_reached_mail(c, d->n)) {
                 /* Never got as far as MAIL (connect, greeting, EHLO, TLS):
@@ -642,7 +984,7 @@ static void on_smtp_event(SmtpClient *c, SmtpClientEvent ev, void *userdata) {
                 }
                 d->n = 0; /* results recorded */
                 if (smtp_client_usable(c)) {
-                        idle_park(d->m, TAKE_PTR(d->client), t->host, &t->sa, t->salen, d->lmtp);
+                        idle_park(d->m, TAKE_PTR(d->client), t->host, &t->sa, t->salen, d->lmtp, d->sess.mode);
                         delivery_done(d);
                 } else
                         (void) smtp_client_quit(c); /* CLOSED follows and tidies up */
@@ -721,7 +1063,7 @@ static int delivery_open(Delivery *d, Target *t, SmtpClientOptions *o, bool allo
                 o->source_len = srclen;
         }
         /* Kept sessions are not keyed by source address: only reused without one. */
-        if (allow_reuse && srclen == 0 && (d->client = idle_take(d->m, t->host, &t->sa, t->salen, d->lmtp))) {
+        if (allow_reuse && srclen == 0 && (d->client = idle_take(d->m, t->host, &t->sa, t->salen, d->lmtp, d->sess.mode))) {
                 smtp_client_set_event_handler(d->client, on_smtp_event, d);
                 *ret_reused = true;
                 return 0;
@@ -751,8 +1093,17 @@ static void delivery_try_next(Delivery *d) {
                 .on_event = on_smtp_event,
                 .userdata = d,
         };
+        if (!session_prepare(d, t, &o)) {
+                /* RFC 7672 2.2, RFC 8461 4.2: never this host, never plaintext instead */
+                d->last_error_permanent = false;
+                snprintf(d->enhanced, sizeof d->enhanced, "4.7.5");
+                d->cur++;
+                delivery_try_next(d);
+                return;
+        }
         bool reused = false;
         int r = delivery_open(d, t, &o, true, &reused);
+        d->sess.reused = reused;
         if (r < 0) {
                 snprintf(d->last_error, sizeof d->last_error, "%s: connect: %s", t->host, strerror(-r));
                 d->cur++;
@@ -775,6 +1126,7 @@ static void delivery_try_next(Delivery *d) {
                 /* The kept session went away meanwhile: a fresh one. */
                 d->client = smtp_client_free(d->client);
                 r = delivery_open(d, t, &o, false, &reused);
+                d->sess.reused = false;
                 if (r >= 0)
                         r = smtp_client_send(d->client, &sm);
         }
@@ -793,6 +1145,7 @@ static int add_target(Delivery *d, const char *host, int family, const void *add
         d->targets = t;
         t = &d->targets[d->n_targets];
         memset(t, 0, sizeof *t);
+        t->policy = -1;
         t->host = strdup(host);
         if (!t->host)
                 return -ENOMEM;
@@ -813,12 +1166,130 @@ static int add_target(Delivery *d, const char *host, int family, const void *add
         return 0;
 }
 
+/* Every TLSA and MTA-STS lookup answered: start connecting. */
+static void lookups_done(Delivery *d) {
+        if (d->lookups == 0 && !d->mx)
+                delivery_try_next(d);
+}
+
+static void on_tlsa(DnsQuery *q, const DnsResult *res, void *userdata);
+
+/* Looks up the TLSA RRset of h's current base domain. */
+static int tlsa_query(Delivery *d, HostPolicy *h) {
+        char qname[DNS_NAME_TEXT_MAX + 32];
+        snprintf(qname, sizeof qname, "_%u._tcp.%s", d->port, h->base);
+        int r = dns_query(d->m->resolver, qname, DNS_TYPE_TLSA, on_tlsa, h, &h->query);
+        if (r < 0) {
+                h->query = NULL;
+                h->dane = HOST_DANE_FAILED;
+                snprintf(h->why, sizeof h->why, "TLSA lookup of %.200s could not be started: %s", qname, strerror(-r));
+        }
+        return r;
+}
+
+static void on_tlsa(DnsQuery *q, const DnsResult *res, void *userdata) {
+        HostPolicy *h = userdata;
+        Delivery *d = h->d;
+        h->query = NULL;
+
+        if (res->security == DNS_BOGUS) {
+                h->dane = HOST_DANE_FAILED;
+                snprintf(h->why, sizeof h->why, "TLSA lookup of %.100s is bogus: %.150s", res->qname,
+                         res->why_bogus ? res->why_bogus : "DNSSEC validation failed");
+        } else if (dns_status_is_temporary(res->status)) {
+                /* RFC 7672 2.2: a failed TLSA lookup of a secure host makes it unusable */
+                h->dane = HOST_DANE_FAILED;
+                snprintf(h->why, sizeof h->why, "TLSA lookup of %.200s failed: %s", res->qname, dns_status_to_string(res->status));
+        } else if (res->status == DNS_STATUS_OK && res->security == DNS_SECURE && res->n_records > 0) {
+                if (dane_tlsa_from_records(res->records, res->n_records, &h->tlsa) < 0) {
+                        h->dane = HOST_DANE_FAILED;
+                        snprintf(h->why, sizeof h->why, "out of memory");
+                } else
+                        h->dane = h->tlsa.n_records > 0 ? HOST_DANE_USABLE : HOST_DANE_UNUSABLE;
+        } else if (res->status == DNS_STATUS_OK && res->security == DNS_SECURE) {
+                /* secure, but every record malformed: nothing usable, yet TLSA exist */
+                h->dane = HOST_DANE_UNUSABLE;
+        } else {
+                h->dane = HOST_DANE_NONE; /* insecure, or securely no TLSA */
+                if (h->base != h->name) {
+                        /* nothing at the CNAME target: the MX host name itself (RFC 7672 2.2.2) */
+                        h->base = h->name;
+                        if (tlsa_query(d, h) >= 0)
+                                return; /* still one lookup outstanding for h */
+                }
+        }
+        d->lookups--;
+        lookups_done(d);
+}
+
+static void on_sts(MtaStsLookup *l, const MtaStsOutcome *o, void *userdata) {
+        Delivery *d = userdata;
+        d->sts_lookup = NULL;
+        if (o->policy && mtasts_policy_copy(o->policy, &d->sts) >= 0)
+                d->have_sts = true;
+        if (o->failure != TLS_RESULT_NONE) {
+                snprintf(d->sts_reason, sizeof d->sts_reason, "%s", o->failure_reason ? o->failure_reason : "");
+                if (!d->have_sts)
+                        d->sts_failure = o->failure;
+                char esc[400];
+                log_escape(d->sts_reason, strlen(d->sts_reason), esc, sizeof esc);
+                log_notice("%s: MTA-STS policy of %s: %s (%s)%s", d->msg->id, d->domain, tls_result_type_to_string(o->failure),
+                           esc, d->have_sts ? ", using the cached policy" : "");
+        }
+        d->lookups--;
+        lookups_done(d);
+}
+
+/* The TLSA lookups for the MX hosts (RFC 7672 2.2: only when the MX answer
+ * and the host's addresses are secure). */
+static int start_tlsa_lookups(Delivery *d, const MxResult *res) {
+        d->hosts = calloc(res->n_hosts ? res->n_hosts : 1, sizeof *d->hosts);
+        if (!d->hosts)
+                return -ENOMEM;
+        for (size_t i = 0; i < res->n_hosts; i++) {
+                HostPolicy *h = &d->hosts[d->n_hosts];
+                h->d = d;
+                if (!(h->name = strdup(res->hosts[i].name)))
+                        return -ENOMEM;
+                d->n_hosts++;
+                h->base = h->name;
+                if (res->hosts[i].canonical && strcmp(res->hosts[i].canonical, h->name) != 0) {
+                        if (!(h->canonical = strdup(res->hosts[i].canonical)))
+                                return -ENOMEM;
+                        h->base = h->canonical;
+                }
+                for (size_t k = 0; k < d->n_targets; k++)
+                        if (d->targets[k].policy < 0 && strcmp(d->targets[k].host, h->name) == 0)
+                                d->targets[k].policy = (ssize_t) (d->n_hosts - 1);
+                if (!(d->level == TLS_LEVEL_DANE || d->level == TLS_LEVEL_DANE_ONLY) || !res->mx_secure ||
+                    !res->hosts[i].secure || res->hosts[i].n_addresses == 0)
+                        continue;
+                if (tlsa_query(d, h) >= 0)
+                        d->lookups++;
+        }
+        return 0;
+}
+
 static void on_mx(MxLookup *l, const MxResult *res, void *userdata) {
         Delivery *d = userdata;
         d->mx = NULL;
         if (res->status != MX_OK) {
                 char why[600];
                 snprintf(why, sizeof why, "%s: %s", res->domain, res->reason ? res->reason : "lookup failed");
+                if (d->sts_lookup) {
+                        mtasts_lookup_cancel(d->sts_lookup);
+                        d->sts_lookup = NULL;
+                }
+                if (res->mx_bogus && d->level != TLS_LEVEL_NONE) {
+                        /* RFC 8460 4.3.2: a bogus MX RRset is a DNSSEC failure of the domain's policy */
+                        TlsResult r = {
+                                .policy_type = TLS_POLICY_TLSA,
+                                .policy_domain = d->domain,
+                                .result = TLS_RESULT_DNSSEC_INVALID,
+                                .failure_reason = "MX lookup failed DNSSEC validation",
+                        };
+                        tlsrpt_record(d->m, d->msg->id, !message_is_tls_report(d->msg), &r);
+                }
                 delivery_fail_all(d, res->status == MX_PERMANENT, res->enhanced_status ? res->enhanced_status : "4.4.3", why);
                 return;
         }
@@ -830,7 +1301,22 @@ static void on_mx(MxLookup *l, const MxResult *res, void *userdata) {
                                 return;
                         }
                 }
-        delivery_try_next(d);
+        if (start_tlsa_lookups(d, res) < 0) {
+                delivery_fail_all(d, false, "4.3.0", "out of memory");
+                return;
+        }
+        lookups_done(d);
+}
+
+/* The level for d: RFC 8460 5.3.1, a TLS report is never held back by DANE
+ * or MTA-STS failures (it is often about them): opportunistic TLS only. */
+static TlsLevel delivery_level(Delivery *d) {
+        TlsLevel l = deliver_tls_level(d->m, d->domain, &d->fallback);
+        if (message_is_tls_report(d->msg) && l != TLS_LEVEL_NONE) {
+                d->fallback = SMTP_TLS_MAY;
+                return TLS_LEVEL_MAY;
+        }
+        return l;
 }
 
 static int delivery_start(Manager *m, Message *msg, const char *domain, size_t *idx, size_t n) {
@@ -876,6 +1362,7 @@ static int delivery_start(Manager *m, Message *msg, const char *domain, size_t *
                         return 0;
                 }
                 if (literal) {
+                        d->level = delivery_level(d);
                         struct in_addr a4;
                         struct in6_addr a6;
                         int r = inet_pton(AF_INET, host, &a4) == 1 ? add_target(d, host, AF_INET, &a4)
@@ -888,16 +1375,25 @@ static int delivery_start(Manager *m, Message *msg, const char *domain, size_t *
                         delivery_try_next(d);
                         return 0;
                 }
-                /* A name: its MX (or address) records, on the route's port. */
+                /* A name: its MX (or address) records, on the route's port.
+                 * DANE applies to those hosts; MTA-STS does not (it is about
+                 * the recipient domain's own MX). */
+                d->level = delivery_level(d);
                 int r = mx_lookup_start(m->resolver, host, &m->mx_config, on_mx, d, &d->mx);
                 if (r < 0)
                         delivery_fail_all(d, false, "4.4.3", "DNS lookup could not be started");
                 return 0;
         }
         d->port = m->smtp_port;
+        d->level = delivery_level(d);
         int r = mx_lookup_start(m->resolver, domain, &m->mx_config, on_mx, d, &d->mx);
-        if (r < 0)
+        if (r < 0) {
                 delivery_fail_all(d, false, "4.4.3", "DNS lookup could not be started");
+                return 0;
+        }
+        /* MTA-STS, in parallel with the MX lookup; DANE wins per host where both apply. */
+        if (d->level == TLS_LEVEL_DANE && m->mtasts && mtasts_lookup_start(m->mtasts, domain, on_sts, d, &d->sts_lookup) >= 0)
+                d->lookups++;
         return 0;
 }
 

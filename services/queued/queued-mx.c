@@ -35,7 +35,7 @@ struct MxLookup {
         void *userdata;
 
         DnsQuery *mx_query;
-        bool implicit, mx_secure, mx_nxdomain;
+        bool implicit, mx_secure, mx_nxdomain, mx_bogus;
         uint32_t ttl;
         size_t n_skipped;
 
@@ -89,6 +89,7 @@ static void lookup_finish(MxLookup *l, MxResult *res) {
         res->domain = l->domain;
         res->implicit = l->implicit;
         res->mx_secure = l->mx_secure;
+        res->mx_bogus = l->mx_bogus;
         res->ttl = l->ttl;
         res->n_skipped = l->n_skipped;
         if (res->status == MX_OK && l->n_hosts > 0) {
@@ -303,6 +304,7 @@ static void on_mx(DnsQuery *q, const DnsResult *res, void *userdata) {
 
         l->mx_query = NULL;
         l->mx_secure = res->security == DNS_SECURE;
+        l->mx_bogus = res->security == DNS_BOGUS;
 
         switch (res->status) {
         case DNS_STATUS_OK:

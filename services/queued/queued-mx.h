@@ -88,6 +88,7 @@ typedef struct MxResult {
         const char *reason;          /* human-readable, for failures (NULL if ok) */
         bool implicit;               /* no MX RRset: the domain itself is the one host */
         bool mx_secure;              /* the MX answer, or its denial, validated */
+        bool mx_bogus;               /* the MX answer failed DNSSEC validation (status TEMPORARY) */
         uint32_t ttl;                /* smallest TTL of the answers used */
         MxHost *hosts;               /* by preference; equal preferences in random order */
         size_t n_hosts;

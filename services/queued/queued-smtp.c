@@ -722,11 +722,12 @@ static int timer_handler(sd_event_source *s, uint64_t usec, void *userdata) {
         if (c->phase == PHASE_CONNECTING)
                 session_fail(c, false, SMTP_STATUS_TEMPFAIL, SMTP_STAGE_CONNECT, 0, "4.4.1",
                              "connect to %s: timed out after %.3gs", c->peer_name, secs(c->timeouts.connect));
-        else if (c->phase == PHASE_HANDSHAKE)
+        else if (c->phase == PHASE_HANDSHAKE) {
+                c->facts.tls_handshake_failed = true;
                 session_fail(c, false, SMTP_STATUS_TEMPFAIL, SMTP_STAGE_STARTTLS, 0, "4.4.2",
                              "timeout after %.3gs during the TLS handshake with %s", secs(c->timeouts.tls),
                              c->peer_name);
-        else if (c->txn.body)
+        } else if (c->txn.body)
                 session_fail(c, false, SMTP_STATUS_TEMPFAIL, SMTP_STAGE_BODY, 0, "4.4.2",
                              "timeout after %.3gs while sending the message body to %s",
                              secs(c->timeouts.data_block), c->peer_name);
@@ -939,6 +940,9 @@ static void parse_ehlo(SmtpClient *c, const char *text) {
 }
 
 static void after_hello(SmtpClient *c) {
+        c->facts.hello_done = true;
+        if (!c->tls)
+                c->facts.starttls_offered = c->facts.extensions & SMTP_EXT_STARTTLS;
         if (!c->tls && c->tls_policy != SMTP_TLS_NO && (c->facts.extensions & SMTP_EXT_STARTTLS)) {
                 int r = out_printf(c, "STARTTLS\r\n");
                 if (r >= 0)
@@ -1001,6 +1005,7 @@ static void handshake_step(SmtpClient *c) {
         if (r == GNUTLS_E_AGAIN)
                 return;
         if (r < 0) {
+                c->facts.tls_handshake_failed = true;
                 session_fail(c, false, SMTP_STATUS_TEMPFAIL, SMTP_STAGE_STARTTLS, 0, "4.7.5",
                              "TLS handshake with %s failed: %s", c->peer_name, gnutls_strerror(r));
                 return;
@@ -1011,6 +1016,7 @@ static void handshake_step(SmtpClient *c) {
                 char reason[512] = "";
                 r = c->tls_verify(c, c->tls, reason, sizeof reason, c->tls_verify_userdata);
                 if (r < 0) {
+                        c->facts.tls_verify_failed = true;
                         session_fail(c, true, SMTP_STATUS_TEMPFAIL, SMTP_STAGE_STARTTLS, 0, "4.7.5",
                                      "TLS verification of %s failed%s%s", c->peer_name, reason[0] ? ": " : "",
                                      reason);
@@ -1069,6 +1075,7 @@ static void start_tls(SmtpClient *c) {
         handshake_step(c);
         return;
 fail:
+        c->facts.tls_handshake_failed = true;
         session_fail(c, true, SMTP_STATUS_TEMPFAIL, SMTP_STAGE_STARTTLS, 0, "4.7.5", "TLS setup failed: %s",
                      gnutls_strerror(r));
 }
@@ -1342,6 +1349,7 @@ static void handle_reply(SmtpClient *c, int code, const char *enhanced, const ch
                         start_tls(c);
                         return;
                 }
+                c->facts.starttls_refused = true;
                 if (c->tls_policy == SMTP_TLS_REQUIRE) {
                         session_fail(c, true, SMTP_STATUS_TEMPFAIL, SMTP_STAGE_STARTTLS, code, enhanced,
                                      "TLS is required, but host %s refused STARTTLS: %d %s", c->peer_name, code,
@@ -1557,6 +1565,22 @@ static void do_read(SmtpClient *c) {
         }
 }
 
+/* Our address on the connection, for TLS reports (sending-mta-ip). */
+static void record_local_address(SmtpClient *c) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+
+        c->facts.local_address[0] = 0;
+        if (getsockname(c->fd, (struct sockaddr *) &ss, &len) < 0)
+                return;
+        if (ss.ss_family == AF_INET)
+                (void) inet_ntop(AF_INET, &((struct sockaddr_in *) &ss)->sin_addr, c->facts.local_address,
+                                 sizeof c->facts.local_address);
+        else if (ss.ss_family == AF_INET6)
+                (void) inet_ntop(AF_INET6, &((struct sockaddr_in6 *) &ss)->sin6_addr, c->facts.local_address,
+                                 sizeof c->facts.local_address);
+}
+
 static void connect_done(SmtpClient *c) {
         int err = 0;
         socklen_t len = sizeof err;
@@ -1568,6 +1592,7 @@ static void connect_done(SmtpClient *c) {
                              c->peer_name, strerror(err));
                 return;
         }
+        record_local_address(c);
         c->phase = PHASE_GREETING;
         if (pending_push(c, CMD_GREETING, 0) < 0) {
                 session_fail(c, false, SMTP_STATUS_TEMPFAIL, SMTP_STAGE_CONNECT, 0, "4.3.0", "local error: %s",

@@ -138,6 +138,13 @@ typedef struct SmtpSessionFacts {
         char *keywords[SMTP_EXTENSIONS_MAX]; /* EHLO keywords, upper case */
         size_t n_keywords;
         bool pipelined;              /* the last transaction's commands were pipelined */
+        /* For TLS reporting (RFC 8460): what happened to STARTTLS. */
+        bool hello_done;             /* EHLO/HELO/LHLO was answered (the peer speaks SMTP) */
+        bool starttls_offered;       /* the EHLO before TLS listed STARTTLS */
+        bool starttls_refused;       /* the peer answered STARTTLS with something other than 220 */
+        bool tls_handshake_failed;   /* the TLS handshake (or its setup) failed or timed out */
+        bool tls_verify_failed;      /* the verify hook rejected the peer */
+        char local_address[46];      /* our end of the connection (INET6_ADDRSTRLEN), "" if unknown */
         unsigned transactions;       /* transactions started on this connection */
 } SmtpSessionFacts;
 

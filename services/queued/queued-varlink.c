@@ -138,7 +138,7 @@ static int method_enqueue(Varlink *link, json_object *params, VarlinkCallFlags f
                 json_object_array_add(list, out);
         }
         json_object_object_add(env, "recipients", list);
-        static const char *const copied[] = { "body", "smtputf8", "ret", "envid", "client" };
+        static const char *const copied[] = { "body", "smtputf8", "ret", "envid", "client", "tlsReport" };
         for (size_t i = 0; i < ELEMENTSOF(copied); i++) {
                 json_object *v = copy_string_field(params, copied[i]);
                 if (v)
@@ -190,7 +190,9 @@ static int method_enqueue(Varlink *link, json_object *params, VarlinkCallFlags f
         return 0;
 }
 
-static json_object *message_info(const Message *msg) {
+static const char *address_domain(const char *a);
+
+static json_object *message_info(Manager *m, const Message *msg) {
         json_object *p = json_object_new_object(), *rcpts = json_object_new_array();
         json_object_object_add(p, "queueId", json_object_new_string(msg->id));
         json_object_object_add(p, "state", json_object_new_string(message_state_to_string(msg->state)));
@@ -210,6 +212,29 @@ static json_object *message_info(const Message *msg) {
                 json_object_array_add(rcpts, out);
         }
         json_object_object_add(p, "recipients", rcpts);
+
+        /* The TLS policy per destination domain: what the last attempt
+         * applied, else what the configuration says. */
+        json_object *dests = json_object_new_array(), *applied = json_object_object_get(msg->envelope, "tlsPolicies");
+        for (size_t i = 0; i < json_object_array_length(list); i++) {
+                const char *dom = address_domain(json_object_get_string(json_object_object_get(json_object_array_get_idx(list, i), "address")));
+                bool seen = false;
+                for (size_t k = 0; k < json_object_array_length(dests) && !seen; k++)
+                        seen = strcasecmp(json_object_get_string(json_object_object_get(json_object_array_get_idx(dests, k), "domain")), dom) == 0;
+                if (seen)
+                        continue;
+                json_object *d = json_object_new_object(), *a = json_object_object_get(applied, dom);
+                char text[200];
+                if (!a) {
+                        SmtpTlsPolicy fb;
+                        TlsLevel l = deliver_tls_level(m, dom, &fb);
+                        snprintf(text, sizeof text, "%s (not attempted yet)", tls_level_to_string(l));
+                }
+                json_object_object_add(d, "domain", json_object_new_string(dom));
+                json_object_object_add(d, "tlsPolicy", a ? json_object_get(a) : json_object_new_string(text));
+                json_object_array_add(dests, d);
+        }
+        json_object_object_add(p, "destinations", dests);
         return p;
 }
 
@@ -329,7 +354,7 @@ static int list_one(Manager *m, Message *msg, void *userdata) {
         if (f->domain && !message_has_domain(msg, f->domain))
                 return 0;
         json_object *p = json_object_new_object();
-        json_object_object_add(p, "message", message_info(msg));
+        json_object_object_add(p, "message", message_info(m, msg));
         int r = varlink_notify(f->link, p);
         json_object_put(p);
         return r;
@@ -366,7 +391,7 @@ static int method_show(Varlink *link, json_object *params, VarlinkCallFlags flag
         if (!msg)
                 return r;
         json_object *p = json_object_new_object();
-        json_object_object_add(p, "message", message_info(msg));
+        json_object_object_add(p, "message", message_info(userdata, msg));
         return reply_take(link, p);
 }
 

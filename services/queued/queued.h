@@ -9,9 +9,11 @@
 #include "config.h"
 #include "daemon.h"
 #include "dns.h"
+#include "queued-mtasts.h"
 #include "queued-mx.h"
 #include "queued-smtp.h"
 #include "queued-spool.h"
+#include "queued-tls.h"
 #include "varlink.h"
 
 typedef enum MessageState {
@@ -99,6 +101,17 @@ typedef struct Manager {
         ConfigAddress *source_by_domain; /* SourceBySenderDomain=, with source_domains[] */
         char **source_domains;
         size_t n_source_by_domain;
+
+        /* secure delivery (queued-tls.h, queued-mtasts.h, queued-tlsrpt.c) */
+        char **tls_policy_entries;  /* TLSPolicy= "domain=level" */
+        char *tlsrpt_address;       /* TlsRpt=; "" or "none": results only logged */
+        Varlink *tlsrpt_link;
+        char *tls_ca_file;          /* TLSCAFile=: WebPKI trust for MX certificates; NULL: system store */
+        char *mtasts_ca_file;       /* MtaStsCAFile=: trust for the policy host; NULL: system store */
+        uint16_t mtasts_port;       /* MtaStsPort=: TEST ONLY */
+        char *state_dir;            /* parent of the spool: the MTA-STS cache lives in state_dir/mta-sts */
+        gnutls_certificate_credentials_t webpki_creds;
+        MtaStsContext *mtasts;
 } Manager;
 
 extern const ConfigKey queued_config_keys[];
@@ -134,3 +147,11 @@ void deliver_cancel_message(Manager *m, Message *msg);
 void deliver_bounce_message(Manager *m, Message *msg, const char *reason);
 /* Checks Routes= and Relayhost= syntax; fills err. */
 int deliver_check_routes(char **routes, const char *relayhost, char *err, size_t errlen);
+/* The TLS level that applies to domain: its TLSPolicy= entry, else the
+ * default from TLS= (no: none, may: dane, require: dane with encrypt as the
+ * fallback). ret_fallback: what applies when neither DANE nor MTA-STS does. */
+TlsLevel deliver_tls_level(Manager *m, const char *domain, SmtpTlsPolicy *ret_fallback);
+
+/* TLS results (queued-tlsrpt.c): logs res with HALYARD_TLS_POLICY and
+ * HALYARD_TLS_RESULT; when send, also a oneway io.halyard.TlsRpt.Record. */
+void tlsrpt_record(Manager *m, const char *queue_id, bool send, const TlsResult *res);

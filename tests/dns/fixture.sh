@@ -28,6 +28,14 @@
 #   HALYARD_DNS_TA         the zone's DS record (trust anchor file)
 #   HALYARD_DNS_DIR        the fixture directory (logs under nsd/, unbound/)
 #
+# Extra records for one test (optional, read by start):
+#   HALYARD_DNS_EXTRA_RECORDS=FILE           zone lines appended to halyard.test before signing
+#                                            (relative names are under halyard.test.)
+#   HALYARD_DNS_EXTRA_INSECURE_RECORDS=FILE  lines appended to insecure.halyard.test (unsigned)
+#   HALYARD_DNS_EXTRA_TAMPER=FILE            lines "OWNER. TYPE RDATA": after signing, the
+#                                            signed record OWNER/TYPE gets RDATA (its RRSIG
+#                                            stays), so that RRset is bogus
+#
 # Packages: nsd unbound ldnsutils bind9-dnsutils python3 (all in .ci/install-deps).
 
 set -euo pipefail
@@ -73,6 +81,14 @@ make_zones() {
         mkdir -p "$d/zones"
         sed -e "s/@SERIAL@/$serial/" "$HERE/$ZONE.zone.in" > "$d/zones/$ZONE.zone"
         sed -e "s/@SERIAL@/$serial/" "$HERE/insecure.$ZONE.zone.in" > "$d/zones/insecure.$ZONE.zone"
+        if [[ -n ${HALYARD_DNS_EXTRA_RECORDS:-} ]]; then
+                printf '\n; extra records (HALYARD_DNS_EXTRA_RECORDS)\n$ORIGIN %s.\n' "$ZONE" >> "$d/zones/$ZONE.zone"
+                cat "$HALYARD_DNS_EXTRA_RECORDS" >> "$d/zones/$ZONE.zone"
+        fi
+        if [[ -n ${HALYARD_DNS_EXTRA_INSECURE_RECORDS:-} ]]; then
+                printf '\n$ORIGIN insecure.%s.\n' "$ZONE" >> "$d/zones/insecure.$ZONE.zone"
+                cat "$HALYARD_DNS_EXTRA_INSECURE_RECORDS" >> "$d/zones/insecure.$ZONE.zone"
+        fi
         (
                 cd "$d/zones"
                 local ksk zsk
@@ -85,17 +101,22 @@ make_zones() {
                 cp "$ksk.ds" "$d/ta.ds"
         )
         # Make three RRsets bogus: change their rdata, keep their RRSIGs.
-        python3 - "$d/zones/$ZONE.zone.signed" <<'PY'
+        python3 - "$d/zones/$ZONE.zone.signed" "${HALYARD_DNS_EXTRA_TAMPER:-}" <<'PY'
 import sys
 path = sys.argv[1]
 tamper = {
     ("bogus.halyard.test.", "A"): "192.0.2.67",
     ("bogusmx.halyard.test.", "MX"): "10 mx2.halyard.test.",
 }
+if len(sys.argv) > 2 and sys.argv[2]:
+    for line in open(sys.argv[2]):
+        f = line.split(None, 2)
+        if len(f) == 3:
+            tamper[(f[0].lower(), f[1].upper())] = f[2].strip()
 out, hits = [], set()
 for line in open(path):
     f = line.split()
-    key = (f[0], f[3]) if len(f) >= 5 else None
+    key = (f[0].lower(), f[3]) if len(f) >= 5 else None
     if key in tamper:
         line = "\t".join(f[:4]) + "\t" + tamper[key] + "\n"
         hits.add(key)
