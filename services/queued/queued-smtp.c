@@ -452,7 +452,9 @@ static void result_set(SmtpResult *r, SmtpStatus status, SmtpStage stage, int co
         snprintf(r->enhanced, sizeof r->enhanced, "%s", enhanced ? enhanced : "");
         free(r->text);
         text = text ? text : "";
-        size_t n = strnlen(text, SMTP_REPLY_TEXT_MAX);
+        /* strlen(), not strnlen(text, MAX): callers pass short NUL-terminated
+         * buffers, and a bound larger than them trips -Wstringop-overread. */
+        size_t n = MIN(strlen(text), (size_t) SMTP_REPLY_TEXT_MAX);
         r->text = malloc(n + 1);
         if (r->text) {
                 memcpy(r->text, text, n);
