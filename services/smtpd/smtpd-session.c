@@ -28,6 +28,7 @@
 #include "smtpd.h"
 
 #define SESSION_IN_MAX (16U * 1024U)
+#define SESSION_IN_MIN 1024U /* an idle session holds no buffer at all */
 #define SESSION_OUT_MAX (64U * 1024U) /* stop reading while this much is unsent */
 
 typedef enum SessionPhase {
@@ -60,7 +61,8 @@ struct Session {
         SmtpdTlsFacts facts;
         bool tls_active;
 
-        char in[SESSION_IN_MAX];
+        char *in;            /* grows from SESSION_IN_MIN to SESSION_IN_MAX as input needs */
+        size_t in_cap;
         size_t in_n;
         bool skip_line; /* an overlong command is being skipped to its LF */
         bool eof;
@@ -98,7 +100,7 @@ struct Session {
          * $context carried from phase to phase. */
         SmtpdPolicyTask *policy_task;
         void (*policy_then)(Session *s, const PolicyResult *r);
-        SmtpCommand policy_cmd;
+        SmtpCommand *policy_cmd; /* allocated on the first policy decision */
         PolicyValue *policy_context;
 };
 
@@ -169,6 +171,8 @@ static void session_free(Session *s) {
         safe_close(s->memfd);
         json_object_put(s->rcpts);
         free(s->out);
+        free(s->in);
+        free(s->policy_cmd);
         free(s);
 
         if (daemon_is_draining(m->daemon) && m->n_sessions == 0)
@@ -1095,6 +1099,17 @@ static void reply_ehlo(Session *s) {
 }
 
 static void rcpt_builtin(Session *s, const SmtpCommand *cmd);
+
+/* The command the policy decides on, kept for when the verdict comes. */
+static int policy_keep_command(Session *s, const SmtpCommand *cmd) {
+        if (!s->policy_cmd) {
+                s->policy_cmd = malloc(sizeof *s->policy_cmd);
+                if (!s->policy_cmd)
+                        return -ENOMEM;
+        }
+        *s->policy_cmd = *cmd;
+        return 0;
+}
 static void rcpt_add(Session *s, const SmtpCommand *cmd);
 static void after_rcpt(Session *s, const PolicyResult *r);
 
@@ -1127,7 +1142,8 @@ static void cmd_rcpt(Session *s, const SmtpCommand *cmd) {
         }
         if (policy_has(s, POLICY_PHASE_RCPTTO)) {
                 PolicyValue *args = policy_array_new();
-                s->policy_cmd = *cmd;
+                if (policy_keep_command(s, cmd) < 0)
+                        args = policy_value_unref(args);
                 if (args && set_take(args, "address", path_facts(&cmd->path)) < 0)
                         args = policy_value_unref(args);
                 session_policy(s, POLICY_PHASE_RCPTTO, args, after_rcpt);
@@ -1153,9 +1169,9 @@ static void after_rcpt(Session *s, const PolicyResult *r) {
         if (policy_refused(s, r))
                 return;
         if (verdict_of(r) == POLICY_VERDICT_ACCEPT)
-                rcpt_add(s, &s->policy_cmd);
+                rcpt_add(s, s->policy_cmd);
         else
-                rcpt_builtin(s, &s->policy_cmd);
+                rcpt_builtin(s, s->policy_cmd);
 }
 
 static void rcpt_add(Session *s, const SmtpCommand *cmd) {
@@ -1205,7 +1221,8 @@ static void cmd_mail(Session *s, const SmtpCommand *cmd) {
         }
         if (policy_has(s, POLICY_PHASE_MAILFROM)) {
                 PolicyValue *args = policy_array_new();
-                s->policy_cmd = *cmd;
+                if (policy_keep_command(s, cmd) < 0)
+                        args = policy_value_unref(args);
                 if (args && set_take(args, "address", path_facts(&cmd->path)) < 0)
                         args = policy_value_unref(args);
                 session_policy(s, POLICY_PHASE_MAILFROM, args, after_mail);
@@ -1223,7 +1240,7 @@ static void mail_accept(Session *s, const SmtpCommand *cmd) {
 
 static void after_mail(Session *s, const PolicyResult *r) {
         if (!policy_refused(s, r))
-                mail_accept(s, &s->policy_cmd);
+                mail_accept(s, s->policy_cmd);
 }
 
 static void start_data(Session *s, bool bdat, const SmtpCommand *cmd) {
@@ -1538,11 +1555,31 @@ static void do_handshake(Session *s) {
         session_process(s);
 }
 
+/* Room for more input: the buffer doubles when full, up to SESSION_IN_MAX. */
+static int in_reserve(Session *s) {
+        if (s->in_n < s->in_cap)
+                return 0;
+        if (s->in_cap >= SESSION_IN_MAX)
+                return -ENOBUFS;
+        size_t cap = s->in_cap ? MIN(s->in_cap * 2, (size_t) SESSION_IN_MAX) : SESSION_IN_MIN;
+        char *p = realloc(s->in, cap);
+        if (!p)
+                return -ENOMEM;
+        s->in = p;
+        s->in_cap = cap;
+        return 0;
+}
+
 static int session_read(Session *s) {
-        while (s->in_n < sizeof s->in) {
+        int r = in_reserve(s);
+        if (r == -ENOBUFS)
+                return 0;
+        if (r < 0)
+                return r;
+        while (s->in_n < s->in_cap) {
                 ssize_t k;
                 if (s->tls_active) {
-                        k = smtpd_tls_read(s->tls, s->in + s->in_n, sizeof s->in - s->in_n);
+                        k = smtpd_tls_read(s->tls, s->in + s->in_n, s->in_cap - s->in_n);
                         if (k == -EAGAIN)
                                 return 0;
                         if (k < 0 && k != -ECONNRESET)
@@ -1552,7 +1589,7 @@ static int session_read(Session *s) {
                                 return 0;
                         }
                 } else {
-                        k = recv(s->fd, s->in + s->in_n, sizeof s->in - s->in_n, MSG_DONTWAIT);
+                        k = recv(s->fd, s->in + s->in_n, s->in_cap - s->in_n, MSG_DONTWAIT);
                         if (k < 0) {
                                 if (errno == EAGAIN || errno == EINTR)
                                         return 0;
@@ -1591,7 +1628,7 @@ static void session_update_events(Session *s) {
                 ev |= EPOLLOUT;
         want_read = (s->phase == PHASE_COMMAND || s->phase == PHASE_DATA || s->phase == PHASE_BDAT ||
                      s->phase == PHASE_AUTH) &&
-                    s->in_n < sizeof s->in && s->out_n < SESSION_OUT_MAX && !s->eof;
+                    s->in_n < SESSION_IN_MAX && s->out_n < SESSION_OUT_MAX && !s->eof;
         if (want_read)
                 ev |= EPOLLIN;
         (void) sd_event_source_set_io_events(s->io, ev);
