@@ -86,6 +86,21 @@ class Smtpd:
         return r["parameters"]
 
 
+def spool_with(spool, marker):
+    """The spooled files holding marker. The queue renames and removes files
+    while we look (delivery, deferral): one that vanishes is skipped."""
+    marker = marker.encode()
+    found = []
+    for p in spool.rglob("*"):
+        try:
+            data = p.read_bytes() if p.is_file() else b""
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        if marker in data:
+            found.append(data)
+    return found
+
+
 class Raw:
     """A raw SMTP connection for what smtplib will not do."""
 
@@ -149,8 +164,7 @@ class SmtpdTest(unittest.TestCase):
         cls.tmp.cleanup()
 
     def spool_with(self, marker):
-        marker = marker.encode()
-        return [p.read_bytes() for p in self.q.spool.rglob("*") if p.is_file() and marker in p.read_bytes()]
+        return spool_with(self.q.spool, marker)
 
     def queue_senders(self):
         with self.q.conn() as c:
@@ -530,8 +544,7 @@ class AuthTest(unittest.TestCase):
         cls.tmp.cleanup()
 
     def spool_with(self, marker):
-        marker = marker.encode()
-        return [p.read_bytes() for p in self.q.spool.rglob("*") if p.is_file() and marker in p.read_bytes()]
+        return spool_with(self.q.spool, marker)
 
     def tls_context(self, cert=None):
         ctx = ssl.create_default_context(cafile=str(self.tmp / "creds" / "smtpd-tls.crt"))
@@ -743,8 +756,8 @@ class QueueRestartTest(unittest.TestCase):
                     s.sendmail("a@client.test", ["bob@example.org"], MESSAGE % "after restart")
                 self.assertIn("accepted from", smtpd.log())
                 self.assertNotIn("queue-unavailable", smtpd.log())
-                for marker in (b"hello before restart", b"hello after restart"):
-                    self.assertEqual(len([p for p in q.spool.rglob("*") if p.is_file() and marker in p.read_bytes()]), 1)
+                for marker in ("hello before restart", "hello after restart"):
+                    self.assertEqual(len(spool_with(q.spool, marker)), 1)
             finally:
                 smtpd.stop()
                 if q.proc.poll() is None:

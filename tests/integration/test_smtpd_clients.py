@@ -36,7 +36,7 @@ from harness import VarlinkConn, wait_until
 from smtp_peers import PostfixInstance, wait_port
 import smtp_peers
 from test_queued import Queued
-from test_smtpd import SMTPD, Raw
+from test_smtpd import SMTPD, Raw, spool_with
 
 TOOL_TIMEOUT = 30
 
@@ -142,14 +142,7 @@ class Env:
 
     def spool_with(self, marker):
         """The spooled message files that contain marker."""
-        marker = marker.encode()
-        out = []
-        for p in self.q.spool.rglob("*"):
-            if p.is_file():
-                data = p.read_bytes()
-                if marker in data:
-                    out.append(data)
-        return out
+        return spool_with(self.q.spool, marker)
 
     def queue_ids(self):
         with self.q.conn() as c:

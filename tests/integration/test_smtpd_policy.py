@@ -29,7 +29,7 @@ import harness
 from harness import VarlinkConn, wait_until
 from test_delivery import DnsFixture
 from test_queued import Queued
-from test_smtpd import MESSAGE, SMTPD, Raw, Smtpd, b64, make_server_cert, yescrypt
+from test_smtpd import MESSAGE, SMTPD, Raw, Smtpd, b64, make_server_cert, spool_with, yescrypt
 
 POLICY = r'''
 // The integration test's policy: one rule per behaviour under test.
@@ -112,8 +112,7 @@ class PolicyTest(unittest.TestCase):
         cls.tmp.cleanup()
 
     def spool_with(self, marker):
-        marker = marker.encode()
-        return [p.read_bytes() for p in self.q.spool.rglob("*") if p.is_file() and marker in p.read_bytes()]
+        return spool_with(self.q.spool, marker)
 
     def connect(self, source="127.0.0.1"):
         s = smtplib.SMTP(timeout=20, source_address=(source, 0))
