@@ -154,6 +154,7 @@ static bool mx_pattern_valid(const char *s, size_t len) {
         if (len == 0 || len > 253)
                 return false;
         size_t label = 0;
+        bool any = false; /* "." alone (or "*.") names nothing: found by fuzzing */
         for (size_t i = 0; i < len; i++) {
                 if (s[i] == '.') {
                         if (label == 0 && i + 1 != len)
@@ -163,8 +164,9 @@ static bool mx_pattern_valid(const char *s, size_t len) {
                 }
                 if (!(is_alnum(s[i]) || s[i] == '-' || s[i] == '_') || ++label > 63)
                         return false;
+                any = true;
         }
-        return true;
+        return any;
 }
 
 int mtasts_policy_parse(const char *text, size_t len, MtaStsPolicy *ret) {
