@@ -12,6 +12,12 @@
 #include "macro.h"
 #include "tlsrpt-store.h"
 
+/* Counts saturate: a journal of lines each claiming a huge count must not
+ * wrap the totals into something that no longer parses (found by fuzzing). */
+static uint64_t count_add(uint64_t a, uint64_t b) {
+        return a > TLSRPT_COUNT_MAX - MIN(b, TLSRPT_COUNT_MAX) ? TLSRPT_COUNT_MAX : a + b;
+}
+
 static const char *const policy_type_names[_TLSRPT_POLICY_MAX] = {
         [TLSRPT_POLICY_STS] = "sts",
         [TLSRPT_POLICY_TLSA] = "tlsa",
@@ -138,7 +144,7 @@ int tlsrpt_result_check(TlsRptResult *res, const char **reterr_field) {
         for (size_t i = 0; i < res->n_mx_hosts; i++)
                 if (!res->mx_hosts[i] || !mx_pattern_ok(res->mx_hosts[i]))
                         BAD("mxHosts");
-        if (res->count == 0)
+        if (res->count == 0 || res->count > TLSRPT_COUNT_MAX)
                 BAD("count");
         if (res->kind != TLSRPT_KIND_FAILURE) {
                 res->detail = (TlsRptDetail) {};
@@ -377,7 +383,7 @@ int tlsrpt_store_add(TlsRptStore *s, TlsRptResult *res) {
                 }
                 if (!row && p->n_rows >= s->max_details) {
                         res->kind = TLSRPT_KIND_OVERFLOW;
-                        s->details_overflowed += res->count;
+                        s->details_overflowed = count_add(s->details_overflowed, res->count);
                         r = 0;
                 } else if (!row) {
                         TlsRptRow *v = realloc(p->rows, (p->n_rows + 1) * sizeof *v);
@@ -397,18 +403,18 @@ int tlsrpt_store_add(TlsRptStore *s, TlsRptResult *res) {
                         p->n_rows++;
                 }
                 if (row)
-                        row->count += res->count;
+                        row->count = count_add(row->count, res->count);
         } else if (res->kind == TLSRPT_KIND_OVERFLOW)
-                s->details_overflowed += res->count;
+                s->details_overflowed = count_add(s->details_overflowed, res->count);
 
         if (res->kind == TLSRPT_KIND_SUCCESS) {
-                p->successes += res->count;
-                day->successes += res->count;
+                p->successes = count_add(p->successes, res->count);
+                day->successes = count_add(day->successes, res->count);
         } else {
-                p->failures += res->count;
-                day->failures += res->count;
+                p->failures = count_add(p->failures, res->count);
+                day->failures = count_add(day->failures, res->count);
         }
-        day->sessions += res->count;
+        day->sessions = count_add(day->sessions, res->count);
         return r;
 }
 
@@ -440,7 +446,7 @@ int tlsrpt_day_foreach_row(TlsRptDay *d, int (*fn)(const TlsRptResult *res, void
                                 res.count = row->count;
                                 res.detail = (TlsRptDetail) { row->f[0], row->f[1], row->f[2], row->f[3],
                                                               row->f[4], row->f[5], row->f[6] };
-                                listed += row->count;
+                                listed = count_add(listed, row->count);
                                 if ((r = fn(&res, userdata)) < 0)
                                         return r;
                         }

@@ -31,6 +31,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The most sessions one result line or total may count (saturating). */
+#define TLSRPT_COUNT_MAX 1000000000000000ULL
+
 #define TLSRPT_POLICIES_MAX 8
 #define TLSRPT_POLICY_STRINGS_MAX 64
 #define TLSRPT_MX_HOSTS_MAX 32

@@ -78,12 +78,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 p += n + 1;
         }
         uint64_t rows = 0, sessions = 0;
+        bool saturated = false; /* totals stop at TLSRPT_COUNT_MAX: no equality then */
         for (size_t i = 0; i < s->n_days; i++) {
                 sessions += s->days[i]->sessions;
+                saturated = saturated || s->days[i]->sessions >= TLSRPT_COUNT_MAX;
                 if (tlsrpt_day_foreach_row(s->days[i], count_row, &rows) < 0)
                         abort();
         }
-        if (rows != sessions)
+        if (rows != sessions && !saturated)
                 abort();
         tlsrpt_store_free(s);
         return 0;
