@@ -58,11 +58,7 @@ const ConfigKey queued_config_keys[] = {
         { "Queue", "TlsRpt", CONFIG_STRING },
         { "Queue", "MtaStsCAFile", CONFIG_STRING },
         { "Queue", "MtaStsPort", CONFIG_UINT },
-        { "DNS", "Forwarders", CONFIG_LIST },
-        { "DNS", "TrustAnchor", CONFIG_STRING },
-        { "DNS", "TransparentZones", CONFIG_LIST },
-        { "DNS", "DNSSEC", CONFIG_BOOL },
-        { "DNS", "Timeout", CONFIG_DURATION },
+        DNS_CONFIG_KEYS,
         {}
 };
 
@@ -247,21 +243,7 @@ int manager_load_config(Manager *m, const char *path) {
 }
 
 static int resolver_setup(Manager *m) {
-        _cleanup_(config_strv_freep) char **forwarders = NULL, **zones = NULL;
-        DnsConfig dc = {};
-        uint64_t usec;
-        bool b;
-
-        (void) config_get_list(m->config, "DNS", "Forwarders", &forwarders);
-        (void) config_get_list(m->config, "DNS", "TransparentZones", &zones);
-        (void) config_get_string(m->config, "DNS", "TrustAnchor", &dc.trust_anchor_file);
-        if (config_get_bool(m->config, "DNS", "DNSSEC", &b) >= 0)
-                dc.no_dnssec = !b;
-        if (config_get_duration(m->config, "DNS", "Timeout", &usec) >= 0)
-                dc.timeout_usec = usec;
-        dc.forwarders = (const char *const *) forwarders;
-        dc.transparent_zones = (const char *const *) zones;
-        return dns_resolver_new(m->event, &dc, &m->resolver);
+        return dns_resolver_new_from_config(m->event, m->config, &m->resolver);
 }
 
 /* The MTA-STS fetcher with its cache next to the spool. (The WebPKI trust

@@ -39,11 +39,7 @@ const ConfigKey tlsrptd_config_keys[] = {
          * CONNECT_TO ("host:port:connect-host:connect-port") entries. */
         { "TlsRpt", "TestHttpsCAFile", CONFIG_STRING },
         { "TlsRpt", "TestHttpsConnectTo", CONFIG_LIST },
-        { "DNS", "Forwarders", CONFIG_LIST },
-        { "DNS", "TrustAnchor", CONFIG_STRING },
-        { "DNS", "TransparentZones", CONFIG_LIST },
-        { "DNS", "DNSSEC", CONFIG_BOOL },
-        { "DNS", "Timeout", CONFIG_DURATION },
+        DNS_CONFIG_KEYS,
         /* The host name other services use, the default submitter. */
         { "Queue", "HostName", CONFIG_STRING },
         {}
@@ -171,21 +167,7 @@ static int manager_load_config(Manager *m, const char *path) {
 }
 
 static int resolver_setup(Manager *m) {
-        _cleanup_(config_strv_freep) char **forwarders = NULL, **zones = NULL;
-        DnsConfig dc = {};
-        uint64_t usec;
-        bool b;
-
-        (void) config_get_list(m->config, "DNS", "Forwarders", &forwarders);
-        (void) config_get_list(m->config, "DNS", "TransparentZones", &zones);
-        (void) config_get_string(m->config, "DNS", "TrustAnchor", &dc.trust_anchor_file);
-        if (config_get_bool(m->config, "DNS", "DNSSEC", &b) >= 0)
-                dc.no_dnssec = !b;
-        if (config_get_duration(m->config, "DNS", "Timeout", &usec) >= 0)
-                dc.timeout_usec = usec;
-        dc.forwarders = (const char *const *) forwarders;
-        dc.transparent_zones = (const char *const *) zones;
-        return dns_resolver_new(m->event, &dc, &m->resolver);
+        return dns_resolver_new_from_config(m->event, m->config, &m->resolver);
 }
 
 static int on_reload(Daemon *d, void *userdata) {
