@@ -465,7 +465,7 @@ static void task_step(SmtpdPolicyTask *t) {
                 t->done(t, policy_run_result(t->run), t->userdata);
 }
 
-int smtpd_policy_start(Manager *m, PolicyPhase phase, const PolicyRunParams *params, const char *trace,
+int smtpd_policy_start(Manager *m, PolicyGeneration *g, PolicyPhase phase, const PolicyRunParams *params, const char *trace,
                        SmtpdPolicyDone done, void *userdata, SmtpdPolicyTask **ret) {
         PolicyRunParams p = *params;
         SmtpdPolicyTask *t = calloc(1, sizeof *t);
@@ -481,7 +481,7 @@ int smtpd_policy_start(Manager *m, PolicyPhase phase, const PolicyRunParams *par
         p.cache = m->policy_cache;
         p.step_budget = m->settings.policy_step_budget;
         p.deadline_usec = manager_now_usec(m) + m->settings.policy_timeout_usec;
-        r = policy_run_new(m->policy, phase, &p, &t->run);
+        r = policy_run_new(g, phase, &p, &t->run);
         if (r >= 0)
                 r = sd_event_add_time(m->event, &t->deadline, CLOCK_MONOTONIC, p.deadline_usec, 0, on_deadline, t);
         if (r < 0) {

@@ -31,12 +31,12 @@ typedef void (*SmtpdPolicyDone)(SmtpdPolicyTask *t, const PolicyResult *result, 
  * -EINVAL when it has errors. */
 int smtpd_policy_load(const char *path, PolicyGeneration **ret);
 
-/* Runs phase of m's policy with params (facts borrowed). Returns 1 when the
+/* Runs phase of generation g (the session's) with params (facts borrowed). Returns 1 when the
  * run finished at once (then smtpd_policy_task_result() has the result and
  * done is never called), 0 when it waits for I/O (done comes later), or a
  * negative errno (no task). trace: a session id to log every lookup, its
  * answer and the verdict under, or NULL. */
-int smtpd_policy_start(Manager *m, PolicyPhase phase, const PolicyRunParams *params, const char *trace,
+int smtpd_policy_start(Manager *m, PolicyGeneration *g, PolicyPhase phase, const PolicyRunParams *params, const char *trace,
                        SmtpdPolicyDone done, void *userdata, SmtpdPolicyTask **ret);
 /* Cancels whatever the task waits for; done is not called. */
 SmtpdPolicyTask *smtpd_policy_task_free(SmtpdPolicyTask *t);

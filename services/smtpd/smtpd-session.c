@@ -99,6 +99,7 @@ struct Session {
         /* The policy: the phase under way, the command it decides, and
          * $context carried from phase to phase. */
         SmtpdPolicyTask *policy_task;
+        PolicyGeneration *policy;      /* pinned per transaction: a reload applies from the next MAIL */
         void (*policy_then)(Session *s, const PolicyResult *r);
         SmtpCommand *policy_cmd; /* allocated on the first policy decision */
         PolicyValue *policy_context;
@@ -151,6 +152,7 @@ static void session_free(Session *s) {
         if (s->auth_req)
                 auth_verify_cancel(m->verifier, s->auth_req);
         smtpd_policy_task_free(s->policy_task);
+        policy_generation_unref(s->policy);
         policy_value_unref(s->policy_context);
         auth_sasl_clear(&s->sasl);
         sd_event_source_disable_unref(s->auth_delay);
@@ -642,7 +644,7 @@ static PolicyVerdict verdict_of(const PolicyResult *r) {
 }
 
 static bool policy_has(Session *s, PolicyPhase phase) {
-        return s->manager->policy && policy_generation_has_handler(s->manager->policy, phase);
+        return s->policy && policy_generation_has_handler(s->policy, phase);
 }
 
 /* Sets key to v and drops v (NULL: out of memory). */
@@ -814,7 +816,7 @@ static void session_policy(Session *s, PolicyPhase phase, PolicyValue *arguments
 
         s->policy_then = then;
         if (r >= 0)
-                r = smtpd_policy_start(s->manager, phase, &p, policy_traced(s) ? s->id : NULL, on_policy_done, s,
+                r = smtpd_policy_start(s->manager, s->policy, phase, &p, policy_traced(s) ? s->id : NULL, on_policy_done, s,
                                        &s->policy_task);
         policy_value_unref(conn);
         policy_value_unref(tx);
@@ -1218,6 +1220,12 @@ static void cmd_mail(Session *s, const SmtpCommand *cmd) {
         if (cmd->has_size && c->max_message_size > 0 && cmd->size > c->max_message_size) {
                 reply_error(s, REJECT_MESSAGE_TOO_LARGE, 552, "5.3.4", "Message size exceeds fixed limit");
                 return;
+        }
+        /* A transaction runs on one policy generation from MAIL to its end;
+         * a reload meanwhile applies from the next one. */
+        if (s->policy != s->manager->policy) {
+                policy_generation_unref(s->policy);
+                s->policy = policy_generation_ref(s->manager->policy);
         }
         if (policy_has(s, POLICY_PHASE_MAILFROM)) {
                 PolicyValue *args = policy_array_new();
@@ -1798,6 +1806,7 @@ static int on_accept(sd_event_source *es, int lfd, uint32_t revents, void *userd
                 }
                 s->manager = m;
                 s->listener = l;
+                s->policy = policy_generation_ref(m->policy);
                 s->fd = fd;
                 s->memfd = -1;
                 s->sa = sa;
