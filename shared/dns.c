@@ -166,6 +166,11 @@ int dns_parse_rdata(uint16_t type, const uint8_t *rdata, size_t len, DnsRecord *
                 if (r < 0)
                         return r;
                 break;
+        case DNS_TYPE_PTR:
+                r = name_dup(rdata, len, &rec.ptr.name);
+                if (r < 0)
+                        return r;
+                break;
         case DNS_TYPE_TXT: {
                 /* One or more <length><octets> strings filling rdata exactly. */
                 size_t pos = 0, total = 0, n = 0;
@@ -226,6 +231,9 @@ void dns_record_done(DnsRecord *rec) {
         case DNS_TYPE_CNAME:
                 free(rec->cname.target);
                 break;
+        case DNS_TYPE_PTR:
+                free(rec->ptr.name);
+                break;
         case DNS_TYPE_TXT:
                 free(rec->txt.text);
                 break;
@@ -282,6 +290,8 @@ const char *dns_type_to_string(uint16_t type) {
                 return "TLSA";
         case DNS_TYPE_CNAME:
                 return "CNAME";
+        case DNS_TYPE_PTR:
+                return "PTR";
         }
         return "?";
 }

@@ -47,6 +47,7 @@ typedef struct DnsQuery DnsQuery;
 enum {
         DNS_TYPE_A = 1,
         DNS_TYPE_CNAME = 5,
+        DNS_TYPE_PTR = 12,
         DNS_TYPE_MX = 15,
         DNS_TYPE_TXT = 16,
         DNS_TYPE_AAAA = 28,
@@ -106,6 +107,9 @@ typedef struct DnsRecord {
                 struct {
                         char *target;
                 } cname;
+                struct {
+                        char *name;
+                } ptr;
         };
 } DnsRecord;
 
