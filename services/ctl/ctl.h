@@ -22,6 +22,8 @@ typedef struct CtlOptions {
         const char *runtime_dir;
         /* queue list/retry filters */
         const char *state, *domain, *sender;
+        /* arc authenticate/seal/sign */
+        const char *arc_ip, *arc_helo, *arc_from, *arc_selector, *arc_auth_results;
 } CtlOptions;
 
 /* Exit codes. */
@@ -38,6 +40,7 @@ int verb_status(const CtlOptions *o, int argc, char **argv);
 int verb_queue(const CtlOptions *o, int argc, char **argv);
 int verb_tlsrpt(const CtlOptions *o, int argc, char **argv);
 int verb_policy(const CtlOptions *o, int argc, char **argv);
+int verb_arc(const CtlOptions *o, int argc, char **argv);
 
 /* Prints a JSON value the way --json asks, followed by a newline. */
 void ctl_print_json(const CtlOptions *o, json_object *v);

@@ -32,6 +32,12 @@ static void help(void) {
                "  policy cache list               The smtpd policy's cache buckets\n"
                "  policy cache clear [NAMESPACE]  Drop cached results\n"
                "  policy trace [ADDRESS [on|off]] Log the policy's steps for a client\n"
+               "  arc validate FILE               The ARC chain of a message (FILE - is stdin)\n"
+               "  arc authenticate FILE [--ip=IP --helo=NAME --from=ADDRESS]\n"
+               "                                  SPF, DKIM, DMARC, ARC and the Authentication-Results\n"
+               "  arc seal FILE [--domain=D --selector=S] [--auth-results=TEXT]\n"
+               "                                  Print the message with a new ARC set\n"
+               "  arc sign FILE --domain=D [--selector=S]  Print the message DKIM-signed\n"
                "\n"
                "Options:\n"
                "  -h --help            Show this help\n"
@@ -49,7 +55,8 @@ static void help(void) {
 }
 
 int main(int argc, char **argv) {
-        enum { ARG_VERSION = 0x100, ARG_MORE, ARG_ONEWAY, ARG_JSON, ARG_TIMEOUT, ARG_RUNTIME_DIR, ARG_STATE, ARG_DOMAIN, ARG_SENDER };
+        enum { ARG_VERSION = 0x100, ARG_MORE, ARG_ONEWAY, ARG_JSON, ARG_TIMEOUT, ARG_RUNTIME_DIR, ARG_STATE, ARG_DOMAIN, ARG_SENDER,
+               ARG_IP, ARG_HELO, ARG_FROM, ARG_SELECTOR, ARG_AUTH_RESULTS };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
@@ -62,6 +69,11 @@ int main(int argc, char **argv) {
                 { "state", required_argument, NULL, ARG_STATE },
                 { "domain", required_argument, NULL, ARG_DOMAIN },
                 { "sender", required_argument, NULL, ARG_SENDER },
+                { "ip", required_argument, NULL, ARG_IP },
+                { "helo", required_argument, NULL, ARG_HELO },
+                { "from", required_argument, NULL, ARG_FROM },
+                { "selector", required_argument, NULL, ARG_SELECTOR },
+                { "auth-results", required_argument, NULL, ARG_AUTH_RESULTS },
                 {}
         };
         static const struct {
@@ -76,6 +88,7 @@ int main(int argc, char **argv) {
                 { "queue", verb_queue },
                 { "tlsrpt", verb_tlsrpt },
                 { "policy", verb_policy },
+                { "arc", verb_arc },
         };
         CtlOptions o = { .json = JSON_AUTO };
         int c;
@@ -136,6 +149,21 @@ int main(int argc, char **argv) {
                         break;
                 case ARG_SENDER:
                         o.sender = optarg;
+                        break;
+                case ARG_IP:
+                        o.arc_ip = optarg;
+                        break;
+                case ARG_HELO:
+                        o.arc_helo = optarg;
+                        break;
+                case ARG_FROM:
+                        o.arc_from = optarg;
+                        break;
+                case ARG_SELECTOR:
+                        o.arc_selector = optarg;
+                        break;
+                case ARG_AUTH_RESULTS:
+                        o.arc_auth_results = optarg;
                         break;
                 default:
                         return CTL_EXIT_USAGE;
