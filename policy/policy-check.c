@@ -1099,6 +1099,8 @@ static int const_eval(Checker *ck, PolicyNode *n, PolicyValue **ret) {
                         r = policy_eval_concat(parts, got, ret, err, sizeof err);
                 for (size_t i = 0; i < got; i++)
                         policy_value_unref(parts[i]);
+                if (r < 0 && !err[0])
+                        return r; /* a part's error, already reported */
                 break;
         }
         case NODE_UNARY: {

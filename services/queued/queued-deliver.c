@@ -94,6 +94,8 @@ typedef struct Delivery {
         size_t n;
         bool lmtp;
         uint16_t port;
+        const char *route;  /* the recipients' own route (Enqueue's route), borrowed from the envelope; NULL: the domain's */
+        const char *source; /* the recipients' own source address (sourceAddress), borrowed; NULL: the configured choice */
         MxLookup *mx;
         Target *targets;
         size_t n_targets, cur;
@@ -291,9 +293,9 @@ static int parse_nexthop(const char *s, char **ret_host, uint16_t *ret_port, boo
         return 0;
 }
 
-/* The route for a domain: "domain=smtp:NEXTHOP" or "domain=lmtp:NEXTHOP" in
- * [Queue] Routes=, else Relayhost=, else NULL (MX). Borrowed string. */
-static const char *route_for(Manager *m, const char *domain, bool *ret_lmtp) {
+/* The Routes= entry named key ("key=smtp:NEXTHOP", "key=lmtp:NEXTHOP"), or
+ * NULL. Borrowed string. */
+static const char *route_lookup(Manager *m, const char *domain, bool *ret_lmtp) {
         *ret_lmtp = false;
         for (char **r = m->routes; r && *r; r++) {
                 const char *eq = strchr(*r, '=');
@@ -306,7 +308,54 @@ static const char *route_for(Manager *m, const char *domain, bool *ret_lmtp) {
                 }
                 return strncmp(v, "smtp:", 5) == 0 ? v + 5 : v;
         }
-        return m->relayhost;
+        return NULL;
+}
+
+/* The route for a domain: its entry in [Queue] Routes=, else Relayhost=,
+ * else NULL (MX). Borrowed string. */
+static const char *route_for(Manager *m, const char *domain, bool *ret_lmtp) {
+        return route_lookup(m, domain, ret_lmtp) ?: m->relayhost;
+}
+
+/* A recipient's own route (Enqueue's route): a Routes= entry by its name,
+ * else a next hop as Routes= takes one. Borrowed string. */
+static const char *route_choice(Manager *m, const char *choice, bool *ret_lmtp) {
+        const char *r = route_lookup(m, choice, ret_lmtp);
+        if (r)
+                return r;
+        if (strncmp(choice, "lmtp:", 5) == 0) {
+                *ret_lmtp = true;
+                return choice + 5;
+        }
+        return strncmp(choice, "smtp:", 5) == 0 ? choice + 5 : choice;
+}
+
+int deliver_check_choice(Manager *m, const char *route, const char *source) {
+        if (route) {
+                /* A Routes= name, one of the Routes= targets as written, or
+                 * an address literal ("[192.0.2.1]:25"): a policy cannot send
+                 * mail to a name of its choosing. */
+                _cleanup_free_ char *host = NULL;
+                uint16_t port;
+                bool lit = false, lmtp, known = route_lookup(m, route, &lmtp) != NULL;
+                for (char **r = m->routes; !known && r && *r; r++) {
+                        const char *eq = strchr(*r, '=');
+                        known = eq && strcmp(eq + 1, route) == 0;
+                }
+                if (!known && (!*route || parse_nexthop(route_choice(m, route, &lmtp), &host, &port, &lit) < 0 || !lit))
+                        return -EINVAL;
+        }
+        if (source) {
+                uint8_t a[16] = {};
+                int family = inet_pton(AF_INET, source, a) == 1 ? AF_INET : inet_pton(AF_INET6, source, a) == 1 ? AF_INET6 : 0;
+                bool found = false;
+                for (size_t i = 0; family && !found && i < m->n_source_pool; i++)
+                        found = m->source_pool[i].family == family &&
+                                memcmp(m->source_pool[i].addr, a, family == AF_INET ? 4 : 16) == 0;
+                if (!found)
+                        return -EADDRNOTAVAIL;
+        }
+        return 0;
 }
 
 int deliver_check_routes(char **routes, const char *relayhost, char *err, size_t errlen) {
@@ -1013,12 +1062,18 @@ static void on_smtp_event(SmtpClient *c, SmtpClientEvent ev, void *userdata) {
 /* The local address for a connection: the sender domain's own, else one of
  * the pool picked by hashing the queue id (stable across retries), in the
  * target's family. False: let the kernel choose. */
-static bool pick_source(Manager *m, Message *msg, int family, struct sockaddr_storage *ret, socklen_t *ret_len) {
+static bool pick_source(Manager *m, Message *msg, const char *want, int family, struct sockaddr_storage *ret,
+                        socklen_t *ret_len) {
         const char *domain = address_domain(json_object_get_string(json_object_object_get(msg->envelope, "sender")));
         const ConfigAddress *pick = NULL;
+        ConfigAddress chosen = { .family = family };
         size_t n = 0;
 
-        for (size_t i = 0; i < m->n_source_by_domain; i++)
+        /* The recipients' own choice (checked against SourceAddresses= at
+         * Enqueue), when it is of the target's family. */
+        if (want && inet_pton(family, want, chosen.addr) == 1)
+                pick = &chosen;
+        for (size_t i = 0; !pick && i < m->n_source_by_domain; i++)
                 if (strcasecmp(m->source_domains[i], domain) == 0 &&
                     m->source_by_domain[i].family == family)
                         pick = &m->source_by_domain[i];
@@ -1058,7 +1113,7 @@ static int delivery_open(Delivery *d, Target *t, SmtpClientOptions *o, bool allo
         struct sockaddr_storage src;
         socklen_t srclen = 0;
 
-        if (pick_source(d->m, d->msg, t->sa.ss_family, &src, &srclen)) {
+        if (pick_source(d->m, d->msg, d->source, t->sa.ss_family, &src, &srclen)) {
                 o->source = (const struct sockaddr *) &src;
                 o->source_len = srclen;
         }
@@ -1319,12 +1374,15 @@ static TlsLevel delivery_level(Delivery *d) {
         return l;
 }
 
-static int delivery_start(Manager *m, Message *msg, const char *domain, size_t *idx, size_t n) {
+static int delivery_start(Manager *m, Message *msg, const char *domain, const char *route, const char *source,
+                          size_t *idx, size_t n) {
         Delivery *d = calloc(1, sizeof *d);
         if (!d)
                 return -ENOMEM;
         d->m = m;
         d->msg = msg;
+        d->route = route;
+        d->source = source;
         d->content_fd = -1;
         d->domain = strdup(domain);
         d->idx = idx;
@@ -1353,11 +1411,11 @@ static int delivery_start(Manager *m, Message *msg, const char *domain, size_t *
                 return 0;
         }
 
-        const char *route = route_for(m, domain, &d->lmtp);
-        if (route) {
+        const char *hop = d->route ? route_choice(m, d->route, &d->lmtp) : route_for(m, domain, &d->lmtp);
+        if (hop) {
                 _cleanup_free_ char *host = NULL;
                 bool literal;
-                if (parse_nexthop(route, &host, &d->port, &literal) < 0) {
+                if (parse_nexthop(hop, &host, &d->port, &literal) < 0) {
                         delivery_fail_all(d, false, "4.3.5", "invalid route in the configuration");
                         return 0;
                 }
@@ -1411,6 +1469,11 @@ static void message_deliver(Manager *m, Message *msg) {
                 if (taken[i] || !streq_ptr(json_object_get_string(json_object_object_get(rc, "state")), "pending"))
                         continue;
                 const char *domain = address_domain(json_object_get_string(json_object_object_get(rc, "address")));
+                /* One transaction per domain and per route and source the
+                 * policy chose for some recipients (Enqueue's route,
+                 * sourceAddress). */
+                const char *route = json_object_get_string(json_object_object_get(rc, "route"));
+                const char *source = json_object_get_string(json_object_object_get(rc, "sourceAddress"));
                 unsigned *active = dest_slot(m, domain, true);
                 if (active && *active >= m->max_per_destination) {
                         msg->waiting = true; /* not an attempt: the next round takes it */
@@ -1423,12 +1486,14 @@ static void message_deliver(Manager *m, Message *msg) {
                         json_object *o = json_object_array_get_idx(rcpts, j);
                         if (taken[j] || !streq_ptr(json_object_get_string(json_object_object_get(o, "state")), "pending"))
                                 continue;
-                        if (strcasecmp(address_domain(json_object_get_string(json_object_object_get(o, "address"))), domain) != 0)
+                        if (strcasecmp(address_domain(json_object_get_string(json_object_object_get(o, "address"))), domain) != 0 ||
+                            !streq_ptr(json_object_get_string(json_object_object_get(o, "route")), route) ||
+                            !streq_ptr(json_object_get_string(json_object_object_get(o, "sourceAddress")), source))
                                 continue;
                         taken[j] = true;
                         idx[k++] = j;
                 }
-                if (delivery_start(m, msg, domain, idx, k) < 0)
+                if (delivery_start(m, msg, domain, route, source, idx, k) < 0)
                         free(idx);
         }
         if (--msg->in_flight == 0)

@@ -133,6 +133,20 @@ static int method_enqueue(Varlink *link, json_object *params, VarlinkCallFlags f
                         json_object_object_add(out, "notify", v);
                 if ((v = copy_string_field(in, "orcpt")))
                         json_object_object_add(out, "orcpt", v);
+                /* The policy's routing choices (smtpd's Queue()): refused
+                 * here, not at delivery, when queued would not honour them. */
+                const char *route = json_object_get_string(json_object_object_get(in, "route"));
+                const char *source = json_object_get_string(json_object_object_get(in, "sourceAddress"));
+                if (deliver_check_choice(m, route, source) < 0) {
+                        json_object_put(out);
+                        json_object_put(list);
+                        json_object_put(env);
+                        return varlink_error_invalid_parameter(link, "recipients");
+                }
+                if ((v = copy_string_field(in, "route")))
+                        json_object_object_add(out, "route", v);
+                if ((v = copy_string_field(in, "sourceAddress")))
+                        json_object_object_add(out, "sourceAddress", v);
                 json_object_object_add(out, "state", json_object_new_string("pending"));
                 json_object_object_add(out, "attempts", json_object_new_int(0));
                 json_object_array_add(list, out);

@@ -147,6 +147,11 @@ void deliver_cancel_message(Manager *m, Message *msg);
 void deliver_bounce_message(Manager *m, Message *msg, const char *reason);
 /* Checks Routes= and Relayhost= syntax; fills err. */
 int deliver_check_routes(char **routes, const char *relayhost, char *err, size_t errlen);
+/* Checks a recipient's own route and source address (Enqueue's route and
+ * sourceAddress; NULL: none): -EINVAL for a route that is neither a
+ * Routes= name nor a next hop, -EADDRNOTAVAIL for an address that is not
+ * one of SourceAddresses=. */
+int deliver_check_choice(Manager *m, const char *route, const char *source);
 /* The TLS level that applies to domain: its TLSPolicy= entry, else the
  * default from TLS= (no: none, may: dane, require: dane with encrypt as the
  * fallback). ret_fallback: what applies when neither DANE nor MTA-STS does. */

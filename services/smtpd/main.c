@@ -17,6 +17,7 @@
 #include "log.h"
 #include "macro.h"
 #include "smtpd-policy.h"
+#include "smtpd-spamd.h"
 #include "smtpd.h"
 
 #define DEFAULT_MAX_MESSAGE_SIZE (50ULL * 1024 * 1024)
@@ -60,7 +61,10 @@ static const ConfigKey smtpd_config_keys[] = {
         { "Smtpd", "PolicyStepBudget", CONFIG_UINT },
         /* HOST:PORT or unix:/path of the Redis that rate(..., [shared => true]) uses. */
         { "Smtpd", "RateRedis", CONFIG_STRING },
+        /* IP:PORT, [IPv6]:PORT or /path (unix:/path) of the spamd ScanSA() asks. */
+        { "Smtpd", "SpamdAddress", CONFIG_STRING },
         DNS_CONFIG_KEYS,
+        SMTPD_ARC_CONFIG_KEYS,
         {}
 };
 
@@ -72,6 +76,8 @@ static void settings_done(SmtpdSettings *c) {
         free(c->queue_address);
         free(c->passwd_name);
         free(c->policy_path);
+        smtpd_arc_settings_done(&c->arc);
+        free(c->spamd_address);
         *c = (SmtpdSettings) {};
 }
 
@@ -248,6 +254,9 @@ static int load_config(Manager *m, bool check) {
                 r = -ENOMEM;
                 goto out;
         }
+        r = smtpd_arc_settings_load(c, m->config_path, n.hostname, &n.arc);
+        if (r < 0)
+                goto out;
         r = load_tls(c, &tls);
         if (r < 0)
                 goto out;
@@ -269,6 +278,22 @@ static int load_config(Manager *m, bool check) {
         if (config_get_duration(c, "Smtpd", "PolicyTimeout", &v) >= 0 && v >= 100000ULL)
                 n.policy_timeout_usec = v;
         n.policy_step_budget = config_get_uint(c, "Smtpd", "PolicyStepBudget", &v) >= 0 && v > 0 ? v : 0;
+        if (config_get_string(c, "Smtpd", "SpamdAddress", &str) >= 0 && *str) {
+                struct sockaddr_storage sa;
+                socklen_t salen;
+                if (spamd_address_parse(str, 0, &sa, &salen) < 0) {
+                        const char *file = m->config_path;
+                        unsigned line = 0;
+                        (void) config_get_location(c, "Smtpd", "SpamdAddress", &file, &line);
+                        r = log_error_errno(-EINVAL, "%s:%u: error: SpamdAddress=%s: expected IP:PORT, [IPv6]:PORT or /path",
+                                            file, line, str);
+                        goto out;
+                }
+                if (!(n.spamd_address = strdup(str))) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+        }
         if (config_get_string(c, "Smtpd", "Policy", &str) >= 0 && *str) {
                 n.policy_path = strdup(str);
                 if (!n.policy_path) {
@@ -415,6 +440,7 @@ static void manager_free(Manager *m) {
         policy_cache_free(m->policy_cache);
         smtpd_rate_free(m->rate);
         smtpd_redis_free(m->redis);
+        http_client_free(m->http);
         dns_resolver_free(m->resolver);
         auth_verifier_free(m->verifier);
         auth_throttle_free(m->auth_throttle);

@@ -15,6 +15,7 @@
 #include "log.h"
 #include "smtpd-policy.h"
 #include "smtpd-redis.h"
+#include "smtpd-spamd.h"
 #include "smtpd.h"
 
 /* The header block we read for the Mail object and header edits. */
@@ -34,6 +35,15 @@ struct SmtpdPolicyTask {
         DnsQuery *dns;
         AuthVerifyRequest *verify;
         SmtpdRedisRequest *redis;
+        SpamdScan *spamd;
+        HttpRequest *http;
+        char http_host[DNS_NAME_TEXT_MAX]; /* http(): the URL's host name being resolved */
+        uint16_t http_port;
+        bool http_aaaa;                /* http(): the AAAA query is under way (no A records) */
+        int message_fd;                /* eod: the transaction's message (ours, a dup), else -1 */
+        bool none_on_failure;          /* the pending call answers none, not ["error" => ...], on failure */
+        bool sa_done;                  /* ScanSA() memoised for this transaction (one eod run) */
+        PolicyValue *sa_result;
         bool rate_count_only;
         uint16_t dns_type;
         bool dnsbl;
@@ -130,6 +140,11 @@ static void task_cancel_io(SmtpdPolicyTask *t) {
                 smtpd_redis_cancel(t->redis);
                 t->redis = NULL;
         }
+        t->spamd = spamd_scan_cancel(t->spamd);
+        if (t->http) {
+                http_request_cancel(t->http);
+                t->http = NULL;
+        }
         if (t->call_timer)
                 (void) sd_event_source_set_enabled(t->call_timer, SD_EVENT_OFF);
 }
@@ -147,8 +162,16 @@ static void task_answer(SmtpdPolicyTask *t, PolicyValue *v) {
         task_step(t);
 }
 
+static void scan_sa_answer(SmtpdPolicyTask *t, int result, double score, const char *why);
+
 static int on_call_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
-        task_answer(userdata, error_value("timeout"));
+        SmtpdPolicyTask *t = userdata;
+        if (t->spamd)
+                scan_sa_answer(t, -ETIMEDOUT, 0, "no answer from spamd in time");
+        else if (t->none_on_failure)
+                task_answer(t, policy_value_ref(policy_none()));
+        else
+                task_answer(t, error_value("timeout"));
         return 0;
 }
 
@@ -328,6 +351,320 @@ static void on_verified(int result, const char *user, void *userdata) {
         task_answer(t, result < 0 ? policy_value_ref(policy_none()) : policy_value_ref(policy_bool(result > 0)));
 }
 
+/* ScanSA(): spamd's score, or none when there is none to be had (spamd
+ * down, slow, refusing, or the message over max_size), which makes
+ * `ScanSA() > 5` false: content scoring fails open, as the note wants.
+ * The outcome is memoised for the transaction. */
+static void scan_sa_answer(SmtpdPolicyTask *t, int result, double score, const char *why) {
+        t->spamd = spamd_scan_cancel(t->spamd);
+        if (result < 0)
+                log_warning("%s%sScanSA(): %s (%s), answering none", t->trace, t->trace[0] ? ": " : "", why,
+                            strerror(-result));
+        policy_value_unref(t->sa_result);
+        t->sa_result = result < 0 ? policy_value_ref(policy_none()) : policy_number_new(score);
+        t->sa_done = t->sa_result != NULL;
+        task_answer(t, policy_value_ref(t->sa_result));
+}
+
+static void on_spamd(int result, double score, const char *why, void *userdata) {
+        SmtpdPolicyTask *t = userdata;
+        t->spamd = NULL;
+        scan_sa_answer(t, result, score, why);
+}
+
+/* Starts the scan; 1 when started, 0 with *ret_now. Options host (an
+ * address as SpamdAddress= takes), port and max_size override the
+ * configuration. */
+static int scan_sa_start(SmtpdPolicyTask *t, const PolicyCall *c, PolicyValue **ret_now) {
+        Manager *m = t->manager;
+        PolicyValue *opts = c->n_args > 0 && policy_value_type(c->args[0]) == POLICY_TYPE_ARRAY ? c->args[0] : NULL;
+        PolicyValue *hv = opts ? policy_array_get_str(opts, "host") : NULL, *pv = opts ? policy_array_get_str(opts, "port") : NULL,
+                    *sv = opts ? policy_array_get_str(opts, "max_size") : NULL;
+        const char *address = hv && policy_value_type(hv) == POLICY_TYPE_STRING ? policy_value_string(hv, NULL)
+                                                                                : m->settings.spamd_address;
+        double port = pv && policy_value_type(pv) == POLICY_TYPE_NUMBER ? policy_value_number(pv) : 0;
+        double max = sv && policy_value_type(sv) == POLICY_TYPE_NUMBER ? policy_value_number(sv) : 0;
+        const char *why = NULL;
+        int r;
+
+        if (t->sa_done) {
+                *ret_now = policy_value_ref(t->sa_result);
+                return 0;
+        }
+        if (t->message_fd < 0) {
+                r = -EBADF;
+                why = "no message";
+        } else if (port < 0 || port > 65535 || max < 0 || max > (double) UINT32_MAX) {
+                r = -EINVAL;
+                why = "bad port or max_size option";
+        } else {
+                r = spamd_scan_start(m->event, address, (unsigned) port, t->message_fd, (uint64_t) max, on_spamd, t, &t->spamd);
+                why = r == -EFBIG ? "message larger than max_size, not scanned" : r == -EINVAL ? "bad spamd address" : "cannot connect to spamd";
+        }
+        if (r < 0) {
+                /* Answered at once: scan_sa_answer() would step the run from
+                 * inside task_dispatch(), so only record and log here. */
+                log_full(r == -EFBIG ? LOG_INFO : LOG_WARNING, 0, NULL, "%s%sScanSA(): %s (%s), answering none",
+                         t->trace, t->trace[0] ? ": " : "", why, strerror(-r));
+                t->sa_result = policy_value_ref(policy_none());
+                t->sa_done = true;
+                *ret_now = policy_value_ref(policy_none());
+                return 0;
+        }
+        return 1;
+}
+
+/* ---- http() ------------------------------------------------------------ */
+
+#define HTTP_POLICY_MAX_SIZE_DEFAULT (256U * 1024U)
+
+/* ["status" => 200, "body" => "...", "json" => ... (when the body is JSON),
+ * "content_type" => ..., "location" => ... (a redirect's)], or
+ * ["error" => "timeout" | text]: a status of 404 or 500 is an answer, not
+ * an error. */
+static void on_http(HttpRequest *req, const HttpResponse *resp, void *userdata) {
+        SmtpdPolicyTask *t = userdata;
+        t->http = NULL;
+        if (resp->result < 0) {
+                char text[300];
+                snprintf(text, sizeof text, "%s", resp->result == -ETIMEDOUT ? "timeout" : resp->error ?: strerror(-resp->result));
+                task_answer(t, error_value(text));
+                return;
+        }
+        PolicyValue *v = policy_array_new(), *status = policy_number_new((double) resp->status),
+                    *body = policy_string_new(resp->body, resp->body_len), *json = NULL;
+        int r = v && status && body ? policy_array_set_str(v, "status", status) : -ENOMEM;
+        if (r >= 0)
+                r = policy_array_set_str(v, "body", body);
+        if (r >= 0 && resp->content_type) {
+                PolicyValue *ct = policy_string_new_cstr(resp->content_type);
+                r = ct ? policy_array_set_str(v, "content_type", ct) : -ENOMEM;
+                policy_value_unref(ct);
+        }
+        if (r >= 0 && resp->location) {
+                PolicyValue *loc = policy_string_new_cstr(resp->location);
+                r = loc ? policy_array_set_str(v, "location", loc) : -ENOMEM;
+                policy_value_unref(loc);
+        }
+        if (r >= 0 && resp->body_len > 0 && resp->content_type && strstr(resp->content_type, "json")) {
+                json_tokener *tok = json_tokener_new_ex(POLICY_JSON_DEPTH_MAX);
+                json_object *j = tok ? json_tokener_parse_ex(tok, resp->body, (int) resp->body_len) : NULL;
+                if (tok && json_tokener_get_error(tok) == json_tokener_success &&
+                    json_tokener_get_parse_end(tok) == resp->body_len && policy_value_from_json(j, &json) >= 0)
+                        r = policy_array_set_str(v, "json", json);
+                json_object_put(j);
+                if (tok)
+                        json_tokener_free(tok);
+        }
+        policy_value_unref(status);
+        policy_value_unref(body);
+        policy_value_unref(json);
+        if (r < 0) {
+                policy_value_unref(v);
+                v = NULL;
+        }
+        task_answer(t, v);
+}
+
+/* The URL with $1...$9 replaced by the URL-encoded arguments (scalars as
+ * string() shows them). A $ not followed by a digit stays. */
+static int http_url(const char *url, PolicyValue *args, char **ret, const char **ret_why) {
+        size_t n = strlen(url), len = 0, cap = n + 1;
+        _cleanup_free_ char *out = malloc(cap);
+        if (!out)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                const char *piece = url + i;
+                size_t plen = 1;
+                _cleanup_free_ char *enc = NULL;
+                if (url[i] == '$' && url[i + 1] >= '1' && url[i + 1] <= '9') {
+                        size_t k = (size_t) (url[i + 1] - '1');
+                        PolicyValue *a = args && policy_value_type(args) == POLICY_TYPE_ARRAY && k < policy_array_size(args)
+                                                 ? policy_array_value_at(args, k) : NULL;
+                        _cleanup_(policy_value_unrefp) PolicyValue *sv = NULL;
+                        size_t sl;
+                        if (!a || policy_value_to_string(a, &sv) < 0) {
+                                *ret_why = a ? "http(): a URL argument is not a scalar" : "http(): no argument for a $N in the URL";
+                                return -EINVAL;
+                        }
+                        const char *str = policy_value_string(sv, &sl);
+                        enc = http_url_encode(str, sl);
+                        if (!enc)
+                                return -ENOMEM;
+                        piece = enc;
+                        plen = strlen(enc);
+                        i++;
+                }
+                if (len + plen + 1 > cap) {
+                        if (len + plen + 1 > 64 * 1024) {
+                                *ret_why = "http(): URL too long";
+                                return -E2BIG;
+                        }
+                        cap = MAX(cap * 2, len + plen + 1);
+                        char *o = realloc(out, cap);
+                        if (!o)
+                                return -ENOMEM;
+                        out = o;
+                }
+                memcpy(out + len, piece, plen);
+                len += plen;
+        }
+        out[len] = 0;
+        *ret = TAKE_PTR(out);
+        return 0;
+}
+
+/* The host of an http(s) URL when it is a name (not an address literal),
+ * and its port. */
+static bool url_host_name(const char *url, char *host, size_t size, uint16_t *ret_port) {
+        bool https = strncasecmp(url, "https://", 8) == 0;
+        const char *p = url + (https ? 8 : strncasecmp(url, "http://", 7) == 0 ? 7 : 0);
+        size_t n = strcspn(p, "/?#");
+        const char *at = memchr(p, '@', n);
+        struct in_addr a4;
+        if (p == url)
+                return false;
+        if (at) {
+                n -= (size_t) (at + 1 - p);
+                p = at + 1;
+        }
+        if (n == 0 || p[0] == '[')
+                return false; /* IPv6 literal */
+        const char *colon = memchr(p, ':', n);
+        size_t hl = colon ? (size_t) (colon - p) : n;
+        unsigned long port = https ? 443 : 80;
+        if (colon) {
+                char *e;
+                port = strtoul(colon + 1, &e, 10);
+                if (e != p + n || port == 0 || port > 65535)
+                        return false;
+        }
+        if (hl == 0 || hl >= size)
+                return false;
+        memcpy(host, p, hl);
+        host[hl] = 0;
+        if (inet_pton(AF_INET, host, &a4) == 1)
+                return false;
+        *ret_port = (uint16_t) port;
+        return true;
+}
+
+static void on_http_dns(DnsQuery *q, const DnsResult *res, void *userdata);
+
+/* Starts the request of c, the pending http() call: 1 when under way
+ * (the request, or first the name's addresses through our resolver, so
+ * that http() sees the DNS every other lookup sees), else 0 and *why.
+ * resolve: the addresses found, as CURLOPT_RESOLVE takes them. */
+static int http_launch(SmtpdPolicyTask *t, const PolicyCall *c, const char *resolve, const char **ret_why) {
+        Manager *m = t->manager;
+        const char *url = arg_string(c, 0), *why = "http(): the URL must be a string";
+        PolicyValue *opts = c->n_args > 1 && policy_value_type(c->args[1]) == POLICY_TYPE_ARRAY ? c->args[1] : NULL;
+        PolicyValue *args = c->n_args > 2 ? c->args[2] : NULL;
+        _cleanup_free_ char *full = NULL;
+        const char *headers[HTTP_HEADERS_MAX + 1] = {};
+        char *owned[HTTP_HEADERS_MAX] = {};
+        size_t n_headers = 0;
+        int r = url ? http_url(url, args, &full, &why) : -EINVAL;
+
+        HttpRequestOptions o = {
+                .url = full,
+                .timeout_usec = (uint64_t) (c->timeout_ms ? c->timeout_ms : 5000) * 1000ULL,
+                .max_size = HTTP_POLICY_MAX_SIZE_DEFAULT,
+        };
+        if (r >= 0 && opts) {
+                PolicyValue *mv = policy_array_get_str(opts, "method"), *bv = policy_array_get_str(opts, "body"),
+                            *sv = policy_array_get_str(opts, "max_size"), *tv = policy_array_get_str(opts, "tls_verify"),
+                            *hv = policy_array_get_str(opts, "headers");
+                if (mv && policy_value_type(mv) == POLICY_TYPE_STRING)
+                        o.method = policy_value_string(mv, NULL);
+                if (bv && policy_value_type(bv) == POLICY_TYPE_STRING)
+                        o.body = policy_value_string(bv, &o.body_len);
+                if (sv && policy_value_type(sv) == POLICY_TYPE_NUMBER && policy_value_number(sv) >= 1)
+                        o.max_size = (size_t) MIN(policy_value_number(sv), (double) POLICY_STRING_MAX);
+                if (tv && policy_value_type(tv) == POLICY_TYPE_BOOL)
+                        o.insecure = !policy_value_bool(tv);
+                /* ["X-A: b", ...] or ["X-A" => "b", ...] */
+                for (size_t i = 0; r >= 0 && hv && policy_value_type(hv) == POLICY_TYPE_ARRAY && i < policy_array_size(hv); i++) {
+                        PolicyValue *k = policy_array_key_at(hv, i), *v = policy_array_value_at(hv, i);
+                        if (n_headers >= HTTP_HEADERS_MAX || policy_value_type(v) != POLICY_TYPE_STRING) {
+                                why = "http(): too many headers, or one is not a string";
+                                r = -EINVAL;
+                        } else if (policy_value_type(k) == POLICY_TYPE_STRING) {
+                                if (asprintf(&owned[n_headers], "%s: %s", policy_value_string(k, NULL), policy_value_string(v, NULL)) < 0) {
+                                        owned[n_headers] = NULL;
+                                        r = -ENOMEM;
+                                } else
+                                        headers[n_headers] = owned[n_headers], n_headers++;
+                        } else
+                                headers[n_headers++] = policy_value_string(v, NULL);
+                }
+                o.headers = headers;
+        }
+        if (r >= 0 && !resolve && m->resolver && url_host_name(full, t->http_host, sizeof t->http_host, &t->http_port)) {
+                t->http_aaaa = false;
+                r = dns_query(m->resolver, t->http_host, DNS_TYPE_A, on_http_dns, t, &t->dns);
+                why = NULL;
+        } else if (r >= 0) {
+                const char *const rv[] = { resolve, NULL };
+                o.resolve = resolve ? rv : NULL;
+                if (!m->http)
+                        r = http_client_new(m->event, &m->http);
+                if (r >= 0)
+                        r = http_request_start(m->http, &o, on_http, t, &t->http);
+                why = r == -EINVAL ? "http(): bad URL, method or header" : r == -EOPNOTSUPP ? "http(): libcurl is not available" : NULL;
+        }
+        for (size_t i = 0; i < n_headers; i++)
+                free(owned[i]);
+        if (r < 0) {
+                *ret_why = why ?: strerror(-r);
+                return 0;
+        }
+        return 1;
+}
+
+static void on_http_dns(DnsQuery *q, const DnsResult *res, void *userdata) {
+        SmtpdPolicyTask *t = userdata;
+        const PolicyCall *c = policy_run_pending(t->run);
+        const char *why = NULL;
+        char resolve[DNS_NAME_TEXT_MAX + 16 + 8 * (INET6_ADDRSTRLEN + 1)];
+        int k;
+
+        t->dns = NULL;
+        if (res->status == DNS_STATUS_NODATA && !t->http_aaaa) {
+                t->http_aaaa = true;
+                if (dns_query(t->manager->resolver, t->http_host, DNS_TYPE_AAAA, on_http_dns, t, &t->dns) >= 0)
+                        return;
+                t->dns = NULL;
+        }
+        if (res->status != DNS_STATUS_OK || res->n_records == 0 || !c) {
+                char text[100];
+                snprintf(text, sizeof text, "dns: %s", res->status == DNS_STATUS_NODATA ? "no address" : dns_error_text(res->status));
+                task_answer(t, error_value(text));
+                return;
+        }
+        k = snprintf(resolve, sizeof resolve, "%s:%u:", t->http_host, t->http_port);
+        for (size_t i = 0; i < res->n_records && i < 8 && k > 0 && (size_t) k < sizeof resolve; i++) {
+                char a[INET6_ADDRSTRLEN + 2];
+                if (res->records[i].type == DNS_TYPE_A)
+                        inet_ntop(AF_INET, &res->records[i].a, a, sizeof a);
+                else
+                        snprintf(a, sizeof a, "["), inet_ntop(AF_INET6, &res->records[i].aaaa, a + 1, sizeof a - 2),
+                                strcat(a, "]");
+                k += snprintf(resolve + k, sizeof resolve - (size_t) k, "%s%s", i ? "," : "", a);
+        }
+        if (http_launch(t, c, resolve, &why) == 0)
+                task_answer(t, error_value(why));
+}
+
+/* Starts http(url[, options[, args]]); 1 when started, 0 with *ret_now. */
+static int http_start(SmtpdPolicyTask *t, const PolicyCall *c, PolicyValue **ret_now) {
+        const char *why = NULL;
+        if (http_launch(t, c, NULL, &why) > 0)
+                return 1;
+        *ret_now = error_value(why);
+        return 0;
+}
+
 /* Starts the pending call, or answers it at once. Returns 1 when an answer
  * will come through a callback. */
 static int task_dispatch(SmtpdPolicyTask *t, const PolicyCall *c, PolicyValue **ret_now) {
@@ -337,6 +674,7 @@ static int task_dispatch(SmtpdPolicyTask *t, const PolicyCall *c, PolicyValue **
 
         *ret_now = NULL;
         t->dnsbl = false;
+        t->none_on_failure = false;
         if (strcmp(c->name, "dns_query") == 0) {
                 const char *name = arg_string(c, 0), *type = "A";
                 PolicyValue *tv = c->n_args > 1 ? policy_array_get_str(c->args[1], "type") : NULL;
@@ -405,6 +743,30 @@ static int task_dispatch(SmtpdPolicyTask *t, const PolicyCall *c, PolicyValue **
                         return 0;
                 }
                 r = auth_verify(m->verifier, m->passwd, user, pass, on_verified, t, &t->verify);
+        } else if (strcmp(c->name, "http") == 0) {
+                if (http_start(t, c, ret_now) == 0)
+                        return 0;
+                goto started;
+        } else if (strcmp(c->name, "ScanSA") == 0) {
+                if (scan_sa_start(t, c, ret_now) == 0)
+                        return 0;
+                t->none_on_failure = true;
+                goto started;
+        } else if (strcmp(c->name, "ScanRPD") == 0) {
+                /* HSL's ScanRPD asked Cyren's RPD; there is no such service
+                 * here. none is what the language gives for a classifier
+                 * that cannot answer (so `ScanRPD() > 5` is false). */
+                if (t->trace[0])
+                        trace_log(t, "ScanRPD(): no RPD classifier is available to halyard-smtpd, answering none");
+                *ret_now = policy_value_ref(policy_none());
+                return 0;
+        } else if (smtpd_arc_policy_builtin(c->name)) {
+                /* arcd's builtins (smtpd-arc.c), for the session the task
+                 * runs for; an answer that waits comes before the call's
+                 * timeout. */
+                r = smtpd_arc_policy_call(t->userdata, c, task_answer, t, ret_now);
+                if (r == 0)
+                        return 0;
         } else {
                 /* What this build does not serve yet (arcd, HTTP, spamd...):
                  * a failed lookup, as the language defines it. */
@@ -467,6 +829,12 @@ static void task_step(SmtpdPolicyTask *t) {
 
 int smtpd_policy_start(Manager *m, PolicyGeneration *g, PolicyPhase phase, const PolicyRunParams *params, const char *trace,
                        SmtpdPolicyDone done, void *userdata, SmtpdPolicyTask **ret) {
+        return smtpd_policy_start_with_message(m, g, phase, params, -1, trace, done, userdata, ret);
+}
+
+int smtpd_policy_start_with_message(Manager *m, PolicyGeneration *g, PolicyPhase phase, const PolicyRunParams *params,
+                                    int message_fd, const char *trace, SmtpdPolicyDone done, void *userdata,
+                                    SmtpdPolicyTask **ret) {
         PolicyRunParams p = *params;
         SmtpdPolicyTask *t = calloc(1, sizeof *t);
         int r;
@@ -474,6 +842,16 @@ int smtpd_policy_start(Manager *m, PolicyGeneration *g, PolicyPhase phase, const
         if (!t)
                 return -ENOMEM;
         t->manager = m;
+        t->message_fd = -1;
+        if (message_fd >= 0) {
+                /* Our own descriptor: the session may swap its memfd while
+                 * a lookup still reads this one. */
+                t->message_fd = fcntl(message_fd, F_DUPFD_CLOEXEC, 3);
+                if (t->message_fd < 0) {
+                        free(t);
+                        return -errno;
+                }
+        }
         if (trace)
                 snprintf(t->trace, sizeof t->trace, "%s", trace);
         t->done = done;
@@ -502,8 +880,14 @@ SmtpdPolicyTask *smtpd_policy_task_free(SmtpdPolicyTask *t) {
         sd_event_source_disable_unref(t->call_timer);
         sd_event_source_disable_unref(t->deadline);
         policy_run_free(t->run);
+        policy_value_unref(t->sa_result);
+        safe_close(t->message_fd);
         free(t);
         return NULL;
+}
+
+int smtpd_policy_task_message_fd(const SmtpdPolicyTask *t) {
+        return t->message_fd;
 }
 
 const PolicyResult *smtpd_policy_task_result(const SmtpdPolicyTask *t) {
@@ -629,6 +1013,45 @@ int smtpd_policy_mail_object(int fd, PolicyValue **ret) {
 static const char *action_str(PolicyValue *a, const char *key) {
         PolicyValue *v = policy_array_get_str(a, key);
         return v && policy_value_type(v) == POLICY_TYPE_STRING ? policy_value_string(v, NULL) : NULL;
+}
+
+void smtpd_policy_queue_choices(PolicyValue *actions, json_object *rcpts) {
+        for (size_t i = 0; i < policy_array_size(actions); i++) {
+                PolicyValue *a = policy_array_value_at(actions, i);
+                const char *kind = action_str(a, "action");
+                if (!kind || strcmp(kind, "queue") != 0)
+                        continue;
+                /* Queue("bob@example.org", ...) or Queue(["address" => ...], ...) */
+                PolicyValue *rv = policy_array_get_str(a, "recipient");
+                const char *addr = rv && policy_value_type(rv) == POLICY_TYPE_STRING ? policy_value_string(rv, NULL)
+                                   : rv && policy_value_type(rv) == POLICY_TYPE_ARRAY ? action_str(rv, "address")
+                                                                                       : NULL;
+                PolicyValue *opts = policy_array_get_str(a, "options");
+                const char *route = NULL, *source = NULL;
+                if (opts && policy_value_type(opts) == POLICY_TYPE_ARRAY) {
+                        route = action_str(opts, "transport");
+                        source = action_str(opts, "source_ip");
+                }
+                json_object *target = NULL;
+                for (size_t k = 0; addr && !target && k < json_object_array_length(rcpts); k++) {
+                        json_object *o = json_object_array_get_idx(rcpts, k);
+                        if (strcasecmp(json_object_get_string(json_object_object_get(o, "address")) ?: "", addr) == 0)
+                                target = o;
+                }
+                if (!target) {
+                        log_warning("Queue(%.256s) at %s: not a recipient of this transaction, ignored", addr ?: "?",
+                                    action_str(a, "at") ?: "?");
+                        continue;
+                }
+                /* The later call wins, as the last Queue() for a recipient
+                 * is the script's decision. */
+                json_object_object_del(target, "route");
+                json_object_object_del(target, "sourceAddress");
+                if (route)
+                        json_object_object_add(target, "route", json_object_new_string(route));
+                if (source)
+                        json_object_object_add(target, "sourceAddress", json_object_new_string(source));
+        }
 }
 
 static int write_all(int fd, const void *p, size_t n) {

@@ -38,6 +38,15 @@ int smtpd_policy_load(const char *path, PolicyGeneration **ret);
  * answer and the verdict under, or NULL. */
 int smtpd_policy_start(Manager *m, PolicyGeneration *g, PolicyPhase phase, const PolicyRunParams *params, const char *trace,
                        SmtpdPolicyDone done, void *userdata, SmtpdPolicyTask **ret);
+/* The same, with the transaction's message for the lookups that read it
+ * (eod: ScanSA(), arcd's): message_fd is borrowed (the task keeps a dup of
+ * its own), -1 for none. */
+int smtpd_policy_start_with_message(Manager *m, PolicyGeneration *g, PolicyPhase phase, const PolicyRunParams *params,
+                                    int message_fd, const char *trace, SmtpdPolicyDone done, void *userdata,
+                                    SmtpdPolicyTask **ret);
+/* The task's dup of the message (read it with pread()/mmap(), from offset
+ * 0: our Received: header first), or -1. Valid while the task lives. */
+int smtpd_policy_task_message_fd(const SmtpdPolicyTask *t);
 /* Cancels whatever the task waits for; done is not called. */
 SmtpdPolicyTask *smtpd_policy_task_free(SmtpdPolicyTask *t);
 DEFINE_TRIVIAL_CLEANUP_FUNC(SmtpdPolicyTask *, smtpd_policy_task_free);
@@ -51,6 +60,14 @@ PolicyValue *smtpd_policy_task_context(const SmtpdPolicyTask *t);
  * skip: octets at the start that are ours and not the client's (our
  * Received: header), kept as they are. */
 int smtpd_policy_edit_headers(int fd, uint64_t skip, PolicyValue *actions, int *ret_fd);
+
+/* The eod Queue() actions' choices, onto the Enqueue recipients (rcpts:
+ * [{address, ...}]): transport => becomes route (a queued Routes= name or
+ * a next hop), source_ip => becomes sourceAddress; queued refuses choices
+ * it cannot honour. Recipients without a Queue() go the default way; a
+ * Queue() for an address that is not a recipient is logged and ignored.
+ * The other options (helo, sender, hold, delay) are not carried yet. */
+void smtpd_policy_queue_choices(PolicyValue *actions, json_object *rcpts);
 
 /* The Mail object's payload for eod: ["headers" => [[name, value], ...]]
  * from the message's header block (unfolded values). */

@@ -95,6 +95,7 @@ struct Session {
         Varlink *queue;
         bool queue_reused;   /* from the idle pool: may have gone stale */
         size_t received_len; /* our Received: header at the start of memfd */
+        SmtpdArcTxn *arc;    /* arcd's results and requests for this message */
 
         /* The policy: the phase under way, the command it decides, and
          * $context carried from phase to phase. */
@@ -151,6 +152,7 @@ static void session_free(Session *s) {
         }
         if (s->auth_req)
                 auth_verify_cancel(m->verifier, s->auth_req);
+        smtpd_arc_txn_free(s->arc);
         smtpd_policy_task_free(s->policy_task);
         policy_generation_unref(s->policy);
         policy_value_unref(s->policy_context);
@@ -309,6 +311,7 @@ static void transaction_reset(Session *s) {
         json_object_put(s->rcpts);
         s->rcpts = NULL;
         s->memfd = safe_close(s->memfd);
+        s->arc = smtpd_arc_txn_free(s->arc);
         s->bdat_discard = false;
         s->bdat_started = false;
 }
@@ -424,31 +427,16 @@ static RejectReason data_problem_reason(SmtpDataProblem p) {
 /* ---- the queue connection pool --------------------------------------- */
 
 static Varlink *queue_pool_take(Manager *m) {
-        while (m->n_queue_idle > 0) {
-                Varlink *q = m->queue_idle[--m->n_queue_idle];
-                if (varlink_is_connected(q))
-                        return q;
-                varlink_unref(q);
-        }
-        return NULL;
+        return smtpd_pool_take(&m->queue_pool);
 }
 
 static void queue_pool_give(Manager *m, Varlink *q) {
-        if (m->n_queue_idle < ELEMENTSOF(m->queue_idle) && varlink_is_connected(q) &&
-            !daemon_is_draining(m->daemon))
-                m->queue_idle[m->n_queue_idle++] = q;
-        else {
-                varlink_close(q);
-                varlink_unref(q);
-        }
+        smtpd_pool_give(&m->queue_pool, q, !daemon_is_draining(m->daemon));
 }
 
 void queue_pool_flush(Manager *m) {
-        while (m->n_queue_idle > 0) {
-                Varlink *q = m->queue_idle[--m->n_queue_idle];
-                varlink_close(q);
-                varlink_unref(q);
-        }
+        smtpd_pool_flush(&m->queue_pool);
+        smtpd_pool_flush(&m->arc_pool);
 }
 
 static void message_enqueue(Session *s, bool fresh);
@@ -579,6 +567,8 @@ static void session_policy(Session *s, PolicyPhase phase, PolicyValue *arguments
                            void (*then)(Session *s, const PolicyResult *r));
 static bool policy_refused(Session *s, const PolicyResult *r);
 
+static void message_commit(Session *s);
+
 /* End of data: header edits from the policy, then the queue. */
 static void after_eod(Session *s, const PolicyResult *r) {
         if (policy_refused(s, r)) {
@@ -597,7 +587,76 @@ static void after_eod(Session *s, const PolicyResult *r) {
                 safe_close(s->memfd);
                 s->memfd = fd;
         }
+        smtpd_policy_queue_choices(r->actions, s->rcpts);
+        message_commit(s);
+}
+
+/* ---- arcd (smtpd-arc.c) ---------------------------------------------- */
+
+void session_arc_facts(Session *s, SmtpdArcFacts *ret) {
+        /* While the mailfrom policy decides, the command is not taken yet. */
+        const SmtpCommand *mail = s->have_mail ? &s->mail
+                                  : s->policy_cmd && s->policy_cmd->verb == SMTP_VERB_MAIL ? s->policy_cmd
+                                  : NULL;
+        *ret = (SmtpdArcFacts) {
+                .manager = s->manager,
+                .session_id = s->id,
+                .ip = s->ip,
+                .helo = s->helo,
+                .mail_from = !mail ? NULL : mail->path.null ? "" : mail->path.address,
+                .auth_user = s->auth_user,
+                .rcpts = s->rcpts,
+                .memfd = &s->memfd,
+                .txn = &s->arc,
+        };
+}
+
+static void arc_failed(Session *s, int r) {
+        if (r == -EAGAIN) {
+                reply(s, "451 4.7.0 Message authentication unavailable, try again later");
+                reject_log(s, REJECT_QUEUE_UNAVAILABLE, "arcd unavailable (ArcFailure=tempfail)");
+        } else {
+                log_warning_errno(r, "%s: preparing the message for arcd failed: %m", s->id);
+                reply(s, "451 4.3.0 Local error, try again later");
+        }
+        transaction_reset(s);
+}
+
+/* Our continuations after a wait for arcd (PHASE_QUEUE meanwhile). */
+static void arc_resume(Session *s, int r, void (*then)(Session *s)) {
+        s->phase = PHASE_COMMAND;
+        if (r < 0)
+                arc_failed(s, r);
+        else
+                then(s);
+        if (s->phase == PHASE_QUEUE || s->phase == PHASE_POLICY)
+                return;
+        session_process(s);
+}
+
+static void message_enqueue_pooled(Session *s) {
         message_enqueue(s, false);
+}
+
+static void on_arc_committed(Session *s, int r) {
+        arc_resume(s, r, message_enqueue_pooled);
+}
+
+/* After every other edit: our A-R, signatures, the seal; then the queue. */
+static void message_commit(Session *s) {
+        int r = smtpd_arc_commit(s, on_arc_committed);
+        if (r > 0)
+                s->phase = PHASE_QUEUE;
+        else if (r < 0)
+                arc_failed(s, r);
+        else
+                message_enqueue(s, false);
+}
+
+static void message_policy(Session *s);
+
+static void on_arc_authenticated(Session *s, int r) {
+        arc_resume(s, r, message_policy);
 }
 
 /* The reader finished (DATA end marker, or the last BDAT chunk). */
@@ -608,6 +667,19 @@ static void message_end(Session *s) {
                 transaction_reset(s);
                 return;
         }
+        /* Authenticate=yes: the results first, so that the policy's
+         * spf_result() and friends answer from them. */
+        int r = smtpd_arc_authenticate(s, on_arc_authenticated);
+        if (r > 0)
+                s->phase = PHASE_QUEUE;
+        else if (r < 0)
+                arc_failed(s, r);
+        else
+                message_policy(s);
+}
+
+/* The eod policy, then the commit. */
+static void message_policy(Session *s) {
         if (policy_has(s, POLICY_PHASE_EOD)) {
                 PolicyValue *args = policy_array_new(), *mail = NULL;
                 int r = args ? smtpd_policy_mail_object(s->memfd, &mail) : -ENOMEM;
@@ -623,7 +695,7 @@ static void message_end(Session *s) {
                 session_policy(s, POLICY_PHASE_EOD, args, after_eod);
                 return;
         }
-        message_enqueue(s, false);
+        message_commit(s);
 }
 
 /* ---- the policy ------------------------------------------------------ */
@@ -816,8 +888,9 @@ static void session_policy(Session *s, PolicyPhase phase, PolicyValue *arguments
 
         s->policy_then = then;
         if (r >= 0)
-                r = smtpd_policy_start(s->manager, s->policy, phase, &p, policy_traced(s) ? s->id : NULL, on_policy_done, s,
-                                       &s->policy_task);
+                r = smtpd_policy_start_with_message(s->manager, s->policy, phase, &p,
+                                                    phase == POLICY_PHASE_EOD ? s->memfd : -1,
+                                                    policy_traced(s) ? s->id : NULL, on_policy_done, s, &s->policy_task);
         policy_value_unref(conn);
         policy_value_unref(tx);
         policy_value_unref(arguments);

@@ -15,8 +15,10 @@
 #include "daemon.h"
 #include "dns.h"
 #include "policy.h"
+#include "smtpd-arc.h"
 #include "smtpd-auth.h"
 #include "smtpd-rate.h"
+#include "http.h"
 #include "smtpd-redis.h"
 #include "smtpd-stats.h"
 #include "smtpd-tls.h"
@@ -87,6 +89,8 @@ typedef struct SmtpdSettings {
         char *policy_path;             /* NULL: the built-in behaviour */
         uint64_t policy_timeout_usec;  /* per phase */
         uint64_t policy_step_budget;
+        SmtpdArcSettings arc;          /* arcd: Authenticate=, ArcSeal=, DkimSign=... */
+        char *spamd_address;           /* SpamdAddress=: ScanSA()'s spamd; NULL: 127.0.0.1:783 */
 } SmtpdSettings;
 
 struct Manager {
@@ -106,12 +110,13 @@ struct Manager {
         char trace[16][INET6_ADDRSTRLEN];
         unsigned n_trace;
         DnsResolver *resolver;         /* for the policy's lookups */
+        HttpClient *http;              /* the policy's http(), made at its first call */
         VarlinkServer *varlink;
         /* Idle connections to the queue, reused by the next message: a
          * connect, an accept and a handshake less per message. Bounded well
          * below the queue's connection limit. */
-        Varlink *queue_idle[16];
-        unsigned n_queue_idle;
+        SmtpdPool queue_pool;
+        SmtpdPool arc_pool;            /* the same, to halyard-arcd */
         Listener listeners[_LISTENER_MAX];
 
         Session *sessions;

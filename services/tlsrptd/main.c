@@ -25,6 +25,7 @@ const ConfigKey tlsrptd_config_keys[] = {
         { "TlsRpt", "From", CONFIG_STRING },
         { "TlsRpt", "Sign", CONFIG_BOOL },
         { "TlsRpt", "SignSelector", CONFIG_STRING },
+        { "TlsRpt", "SignDomain", CONFIG_STRING },
         { "TlsRpt", "MaxDomains", CONFIG_UINT },
         { "TlsRpt", "MaxFailureDetails", CONFIG_UINT },
         { "TlsRpt", "CommitInterval", CONFIG_DURATION },
@@ -51,6 +52,7 @@ static void settings_done(Settings *s) {
         free(s->submitter);
         free(s->from);
         free(s->sign_selector);
+        free(s->sign_domain);
         free(s->queue_address);
         free(s->arc_address);
         free(s->test_ca_file);
@@ -82,6 +84,9 @@ static int settings_from_config(Config *c, Settings *ret) {
         (void) config_get_bool(c, "TlsRpt", "Sign", &s.sign);
         if (config_get_string(c, "TlsRpt", "SignSelector", &str) >= 0 && *str)
                 s.sign_selector = strdup(str);
+        /* d= aligned with the From: domain, which is what DMARC looks at. */
+        const char *at = s.from ? strrchr(s.from, '@') : NULL;
+        s.sign_domain = string_or(c, "TlsRpt", "SignDomain", at && at[1] ? at + 1 : host);
         s.max_domains = config_get_uint(c, "TlsRpt", "MaxDomains", &v) >= 0 && v > 0 ? (size_t) MIN(v, 1000000U)
                                                                                      : TLSRPT_DEFAULT_MAX_DOMAINS;
         s.max_details = config_get_uint(c, "TlsRpt", "MaxFailureDetails", &v) >= 0 ? (size_t) MIN(v, 100000U)
@@ -110,7 +115,8 @@ static int settings_from_config(Config *c, Settings *ret) {
         if (config_get_string(c, "TlsRpt", "TestHttpsCAFile", &str) >= 0 && *str)
                 s.test_ca_file = strdup(str);
         (void) config_get_list(c, "TlsRpt", "TestHttpsConnectTo", &s.test_connect_to);
-        if (!s.submitter || !s.organization || !s.contact || !s.from || !s.queue_address || !s.arc_address) {
+        if (!s.submitter || !s.organization || !s.contact || !s.from || !s.queue_address || !s.arc_address ||
+            !s.sign_domain) {
                 settings_done(&s);
                 return -ENOMEM;
         }
@@ -128,6 +134,9 @@ static int check_config(Config *c, const char *path) {
         } else if (config_get_string(c, "TlsRpt", "From", &s) >= 0 && (!strchr(s, '@') || strpbrk(s, " \t<>\""))) {
                 key = "From";
                 snprintf(err, sizeof err, "invalid From=%s (an address local@domain)", s);
+        } else if (config_get_string(c, "TlsRpt", "SignDomain", &s) >= 0 && (!*s || strpbrk(s, " \t@!/<>\""))) {
+                key = "SignDomain";
+                snprintf(err, sizeof err, "invalid SignDomain=%s (a domain name)", s);
         } else if (config_get_string(c, "TlsRpt", "ContactInfo", &s) >= 0 && !*s) {
                 key = "ContactInfo";
                 snprintf(err, sizeof err, "ContactInfo= must not be empty");
@@ -252,7 +261,8 @@ int main(int argc, char **argv) {
                 return r < 0 ? 1 : 0;
         }
         if (m.settings.sign)
-                log_info("Sign=yes: reports are DKIM-signed through %s when it answers", m.settings.arc_address);
+                log_info("Sign=yes: report mail is DKIM-signed for %s through %s (and waits while it does not answer)",
+                         m.settings.sign_domain, m.settings.arc_address);
 
         r = sd_event_default(&m.event);
         if (r < 0)

@@ -631,39 +631,80 @@ fail:
         dest_outcome(d, DEST_ENQUEUED, false, false, detail);
 }
 
+/* Signing failed: RFC 8460 wants report mail signed, so it is not sent
+ * unsigned; the attempt counts as a temporary failure and is retried on the
+ * https schedule (RetryInitial= doubling to RetryMax=, dropped after
+ * GiveUpAfter=). */
+static void mailto_sign_failed(ReportDest *d, const char *why) {
+        char detail[300];
+        snprintf(detail, sizeof detail, "DKIM signing through %s failed: %s", d->report->manager->settings.arc_address,
+                 why);
+        free(d->message);
+        d->message = NULL;
+        dest_outcome(d, DEST_ENQUEUED, false, false, detail);
+}
+
+/* What may be prepended: exactly one "DKIM-Signature:" field, CRLF line
+ * ends, every continuation line folded (starting with SP or HTAB), nothing
+ * that ends the header section or starts another field. */
+static bool is_one_dkim_field(const char *h, size_t n) {
+        if (n < 16 || strncasecmp(h, "DKIM-Signature:", 15) != 0)
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                if (h[i] == '\r' && (i + 1 >= n || h[i + 1] != '\n'))
+                        return false;
+                if (h[i] == '\n') {
+                        if (i == 0 || h[i - 1] != '\r')
+                                return false;
+                        if (i + 1 < n && h[i + 1] != ' ' && h[i + 1] != '\t')
+                                return false;
+                }
+        }
+        return true;
+}
+
 static int on_sign_reply(Varlink *link, json_object *p, const char *error, VarlinkReplyFlags flags, void *userdata) {
         ReportDest *d = userdata;
         if (d->link != link)
                 return 0;
         d->link = NULL;
         json_object *v;
-        if (!error && json_object_object_get_ex(p, "header", &v) && json_object_is_type(v, json_type_string)) {
-                const char *h = json_object_get_string(v);
-                size_t hl = strlen(h);
-                char *msg = malloc(hl + 2 + d->message_len);
-                if (msg) {
-                        memcpy(msg, h, hl);
-                        size_t o = hl;
-                        if (hl < 2 || memcmp(h + hl - 2, "\r\n", 2) != 0) {
-                                memcpy(msg + o, "\r\n", 2);
-                                o += 2;
-                        }
-                        memcpy(msg + o, d->message, d->message_len);
-                        free(d->message);
-                        d->message = msg;
-                        d->message_len = o + d->message_len;
-                }
-        } else
-                log_warning("TLS report %s: DKIM signing through %s failed (%s), sending it unsigned",
-                            d->report->id, d->report->manager->settings.arc_address, error ? error : "no header");
+        const char *h = NULL;
+        if (!error && json_object_object_get_ex(p, "header", &v) && json_object_is_type(v, json_type_string))
+                h = json_object_get_string(v);
+        size_t hl = h ? strlen(h) : 0;
+        if (!h || !is_one_dkim_field(h, hl)) {
+                char why[200];
+                const char *reason = json_object_get_string(json_object_object_get(p, "reason"));
+                snprintf(why, sizeof why, "%s%s%s", error ? error : "the answer is not one DKIM-Signature field",
+                         reason ? ": " : "", reason ? reason : "");
+                varlink_unref(link);
+                mailto_sign_failed(d, why);
+                return 0;
+        }
+        char *msg = malloc(hl + 2 + d->message_len);
+        if (!msg) {
+                varlink_unref(link);
+                mailto_sign_failed(d, "out of memory");
+                return 0;
+        }
+        memcpy(msg, h, hl);
+        size_t o = hl;
+        if (hl < 2 || memcmp(h + hl - 2, "\r\n", 2) != 0) {
+                memcpy(msg + o, "\r\n", 2);
+                o += 2;
+        }
+        memcpy(msg + o, d->message, d->message_len);
+        free(d->message);
+        d->message = msg;
+        d->message_len = o + d->message_len;
         varlink_unref(link);
         mailto_enqueue(d);
         return 0;
 }
 
-/* Optional DKIM signature from halyard-arcd (Sign=yes): the signer gets the
- * message as a memfd and answers the DKIM-Signature header to prepend. Any
- * failure sends the report unsigned, with a warning. */
+/* DKIM signature from halyard-arcd (Sign=yes): the signer gets the message
+ * as a memfd and answers the DKIM-Signature header to prepend. */
 static void mailto_sign(ReportDest *d) {
         Manager *m = d->report->manager;
         Varlink *a = NULL;
@@ -681,7 +722,7 @@ static void mailto_sign(ReportDest *d) {
                 for (size_t i = 0; i < ELEMENTSOF(signed_headers); i++)
                         json_object_array_add(h, json_object_new_string(signed_headers[i]));
                 json_object_object_add(p, "content", json_object_new_int(r));
-                json_object_object_add(p, "domain", json_object_new_string(m->settings.submitter));
+                json_object_object_add(p, "domain", json_object_new_string(m->settings.sign_domain));
                 if (m->settings.sign_selector)
                         json_object_object_add(p, "selector", json_object_new_string(m->settings.sign_selector));
                 json_object_object_add(p, "headers", h);
@@ -693,9 +734,7 @@ static void mailto_sign(ReportDest *d) {
                 d->link = NULL;
         }
         varlink_unref(a);
-        log_warning("TLS report %s: DKIM signing through %s failed (%s), sending it unsigned", d->report->id,
-                    m->settings.arc_address, strerror(-r));
-        mailto_enqueue(d);
+        mailto_sign_failed(d, strerror(-r));
 }
 
 static int read_outbox(Manager *m, const char *uid, uint8_t **ret, size_t *ret_n) {

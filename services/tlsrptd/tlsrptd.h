@@ -32,6 +32,7 @@ typedef struct Settings {
         char *from;
         bool sign;
         char *sign_selector;
+        char *sign_domain;         /* DKIM d= (SignDomain=, default the From= domain) */
         size_t max_domains;
         size_t max_details;
         uint64_t commit_usec;      /* group commit interval */

@@ -334,6 +334,11 @@ class CollectTest(harness.TestCase):
                            capture_output=True, text=True, timeout=20)
         self.assertEqual(r.returncode, 1)
         self.assertIn("%s:2: error: invalid Submitter=not a domain" % bad, r.stderr)
+        bad = self.tmp.write("bad-sign.conf", "[TlsRpt]\nSign=yes\nSignDomain=user@example.com\n")
+        r = subprocess.run([str(TLSRPTD), "--check"], env=dict(os.environ, HALYARD_CONFIG=str(bad)),
+                           capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("%s:3: error: invalid SignDomain=user@example.com" % bad, r.stderr)
         t = self.start()
         send_records(t, [record("example.com")])
         self.assertEqual(t.ok("Preview", {"policyDomain": "example.com"})["report"]["organization-name"], "halyard test")
@@ -579,17 +584,15 @@ class SendReportsTest(harness.TestCase):
         t.kill(signal.SIGTERM)
         self.assertEqual(t.proc.returncode, 0, t.log()[-3000:])
 
-    def test_sign_through_arc_or_unsigned(self):
-        """Sign=yes: the report message goes to io.halyard.Arc.Sign (content
-        as an fd) and the answered DKIM-Signature header is prepended; when
-        the signer is not there the report goes out unsigned, with a
-        warning."""
+    def fake_signer(self, path, header="DKIM-Signature: v=1; a=ed25519-sha256; d=mta.halyard.test; s=test; "
+                                         "h=from:tls-report-domain; bh=AAAA; b=BBBB"):
+        """A stand-in io.halyard.Arc on path: answers every Sign with a fixed
+        DKIM-Signature; returns the list of (call, content) it got."""
         import socket as socketmod
 
-        arc_path = self.tmp / ("arc-%d" % os.getpid())
         calls = []
         listener = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
-        listener.bind(str(arc_path))
+        listener.bind(str(path))
         listener.listen(4)
         listener.settimeout(0.2)
         running = [True]
@@ -617,12 +620,21 @@ class SendReportsTest(harness.TestCase):
                         content = os.pread(fd, 1 << 20, 0)
                         os.close(fd)
                     calls.append((call, content))
-                    header = "DKIM-Signature: v=1; a=ed25519-sha256; d=mta.halyard.test; s=test; h=from:tls-report-domain; bh=AAAA; b=BBBB"
                     c.sendall(json.dumps({"parameters": {"header": header}}).encode() + b"\0")
 
         th = threading.Thread(target=serve, daemon=True)
         th.start()
-        self.addCleanup(lambda: (running.__setitem__(0, False), th.join(5), listener.close()))
+        self.addCleanup(lambda: (running.__setitem__(0, False), th.join(5), listener.close(),
+                                 os.path.exists(str(path)) and os.unlink(str(path))))
+        return calls
+
+    def test_sign_through_arc_or_wait(self):
+        """Sign=yes: the report message goes to io.halyard.Arc.Sign (content
+        as an fd) and the answered DKIM-Signature header is prepended; while
+        the signer is not there the report is not sent unsigned: the
+        destination retries and goes out signed once the signer answers."""
+        arc_path = self.tmp / ("arc-%d" % os.getpid())
+        calls = self.fake_signer(arc_path)
         y = yesterday_noon()
 
         t = self.start("Sign=yes\nSignSelector=test\nArcAddress=unix:%s\n" % arc_path)
@@ -632,6 +644,7 @@ class SendReportsTest(harness.TestCase):
         self.assertEqual(len(calls), 1)
         call, content = calls[0]
         self.assertEqual(call["method"], "io.halyard.Arc.Sign")
+        # d= defaults to the From= domain (DMARC alignment).
         self.assertEqual((call["parameters"]["domain"], call["parameters"]["selector"], call["parameters"]["content"]),
                          ("mta.halyard.test", "test", 0))
         self.assertIn("TLS-Report-Domain", call["parameters"]["headers"])
@@ -642,15 +655,39 @@ class SendReportsTest(harness.TestCase):
                         msgs[0]["content"][:200])
         t.stop()
 
-        # The signer is gone: unsigned, with a warning.
-        t2 = self.start("Sign=yes\nArcAddress=unix:%s-missing\n" % arc_path)
+        # The signer is not there: nothing goes out unsigned, the attempt is
+        # retried (RetryInitial=1s) until it answers. SignDomain= sets d=.
+        late = self.tmp / ("arc-late-%d" % os.getpid())
+        t2 = self.start("Sign=yes\nSignDomain=sign.halyard.test\nArcAddress=unix:%s\nGiveUpAfter=1h\n" % late)
         send_records(t2, [record("rpt-mail.halyard.test", time=y)])
         rep = t2.ok("SendReports", {}, timeout=60)["reports"][0]
-        self.assertEqual(rep["result"], "sent", rep)
-        self.assertIn("sending it unsigned", t2.log())
+        self.assertEqual(rep["result"], "sending", rep)
+        self.assertEqual(rep["destinations"][0]["status"], "retrying", rep)
+        self.assertIn("DKIM signing through unix:%s failed" % late, rep["destinations"][0]["detail"])
+        self.assertNotIn("unsigned", t2.log())
+        wait_until(lambda: "TLS report %s for rpt-mail.halyard.test to mailto:only-mail@reports.halyard.test failed, "
+                           "retrying" % rep["reportId"] in t2.log(), 10, what="the retry logged")
+        time.sleep(1.5)
+        self.assertEqual(self.sink_messages("only-mail@reports.halyard.test", rep["reportId"].encode()), [])
+        late_calls = self.fake_signer(late)
         msgs = wait_until(lambda: self.sink_messages("only-mail@reports.halyard.test", rep["reportId"].encode()), 30,
-                          what="unsigned report")
-        self.assertNotIn(b"DKIM-Signature", msgs[0]["content"])
+                          what="the report, signed once the signer answers")
+        self.assertTrue(msgs[0]["content"].startswith(b"DKIM-Signature: "), msgs[0]["content"][:200])
+        self.assertEqual(len(msgs), 1)
+        self.assertEqual(late_calls[0][0]["parameters"]["domain"], "sign.halyard.test")
+        self.assertNotIn("selector", late_calls[0][0]["parameters"])
+        wait_until(lambda: t2.ok("ListReports")["reports"][-1]["result"] == "sent", 10, what="the report sent")
+        self.assertEqual(t2.ok("ListReports")["reports"][-1]["destinations"][0]["status"], "enqueued")
+        t2.stop()
+
+        # A signer answering more than one header field is not believed.
+        odd = self.tmp / ("arc-odd-%d" % os.getpid())
+        self.fake_signer(odd, "DKIM-Signature: v=1; b=AAAA\r\nBcc: someone@example.com\r\n")
+        t3 = self.start("Sign=yes\nArcAddress=unix:%s\nGiveUpAfter=1h\n" % odd)
+        send_records(t3, [record("rpt-mail.halyard.test", time=y)])
+        rep = t3.ok("SendReports", {}, timeout=60)["reports"][0]
+        self.assertEqual((rep["result"], rep["destinations"][0]["status"]), ("sending", "retrying"), rep)
+        self.assertIn("not one DKIM-Signature field", rep["destinations"][0]["detail"])
 
     def test_https_untrusted_certificate_not_sent(self):
         """Without the test CA the endpoint's certificate is not trusted: the

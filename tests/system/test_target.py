@@ -139,6 +139,32 @@ TLSRPT_DROPIN = '/etc/halyard/halyard.conf.d/50-tlsrpt-systest.conf'
 TLSRPT_CONFIG = ('[TlsRpt]\nSubmitter=mta.sys.test\nOrganizationName=halyard system test\n'
                  '[DNS]\nForwarders=127.0.0.1@9\nTimeout=3s\n')
 TLSRPT_TIMER_NOW = '/run/systemd/system/halyard-tlsrptd.timer.d/50-now.conf'
+# test_tlsrptd_timer_then_signed_report: the report mail signed by
+# halyard-arcd; a DNS server on loopback publishes the _smtp._tls record.
+TLSRPT_SIGN_DROPIN = '/etc/halyard/halyard.conf.d/51-tlsrpt-sign-systest.conf'
+TLSRPT_SIGN_CONFIG = ('[TlsRpt]\nSubmitter=mta.sys.test\nFrom=tlsrpt@mta.sys.test\nSign=yes\nSignSelector=tlsrpt\n'
+                      '[Arc]\nKey=mta.sys.test tlsrpt dkim\n'
+                      '[DNS]\nForwarders=127.0.0.1@5353\nTransparentZones=sys.test\nDNSSEC=no\nTimeout=3s\n')
+TLSRPT_DNS = r"""
+import socket
+import dns.message, dns.rcode, dns.rdatatype, dns.rrset
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('127.0.0.1', 5353))
+open('/run/tlsrpt-dns.ready', 'w').close()
+while True:
+    data, peer = s.recvfrom(4096)
+    try:
+        q = dns.message.from_wire(data)
+    except Exception:
+        continue
+    r = dns.message.make_response(q)
+    qn = q.question[0]
+    if qn.name.to_text().lower() == '_smtp._tls.rpt-sign.sys.test.' and qn.rdtype == dns.rdatatype.TXT:
+        r.answer.append(dns.rrset.from_text(qn.name, 60, 'IN', 'TXT', '"v=TLSRPTv1; rua=mailto:tlsrpt@sys.test"'))
+    elif qn.name.to_text().lower() != 'rpt-sign.sys.test.':
+        r.set_rcode(dns.rcode.NXDOMAIN)
+    s.sendto(r.to_wire(), peer)
+"""
 TLSRPT_FEED = r"""
 import json, socket, sys, time
 y = int(time.time()) // 86400 * 86400 - 43200
@@ -581,6 +607,85 @@ class HalyardTargetTest(unittest.TestCase):
         r = c.run(HALYARDCTL, 'tlsrpt', 'reports', timeout=30)
         self.assertEqual(r.rc, 0, r.stderr)
         self.assertIn('rpt.sys.test', r.stdout)
+
+    def test_tlsrptd_timer_then_signed_report(self):
+        """halyard-tlsrptd's report mail DKIM-signed by halyard-arcd under the
+        real systemd: from its sandbox (dynamic user, PrivateUsers=yes,
+        ProtectSystem=strict) tlsrptd reaches the 0660 group-halyard arcd
+        socket, which socket-activates arcd with its key as a credential;
+        the signed report goes through halyard-queued to the receiver, and
+        dkimpy verifies it on the host."""
+        c = self.c
+        for b in ('halyard-tlsrptd', 'halyard-arcd', 'halyard-queued'):
+            if not os.access(os.path.join(self.stage, 'usr/libexec/halyard', b), os.X_OK):
+                self.skipTest('%s not in the staged install' % b)
+        import base64
+        import dkim
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+        key = ed25519.Ed25519PrivateKey.generate()
+        pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        dkim_txt = 'v=DKIM1; k=ed25519; p=' + base64.b64encode(pub).decode()
+        c.write_file('/etc/credstore/tlsrpt-systest-dkim.pem', key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode(),
+            mode=0o600)
+        arcd_dropin = '/run/systemd/system/halyard-arcd.service.d/50-tlsrpt-systest.conf'
+        c.write_file(arcd_dropin, '[Service]\nLoadCredential=dkim:/etc/credstore/tlsrpt-systest-dkim.pem\n', mode=0o644)
+        # _smtp._tls.rpt-sign.sys.test from a small DNS server on loopback.
+        c.write_file('/run/tlsrpt-dns.py', TLSRPT_DNS, mode=0o644)
+        c.run('systemd-run', '--unit=halyard-test-dns', '/usr/bin/python3', '/run/tlsrpt-dns.py', check=True,
+              timeout=30)
+        c.wait_for(lambda: c.run('test', '-e', '/run/tlsrpt-dns.ready').rc == 0, timeout=20, what='the DNS server')
+        c.write_file(TLSRPT_SIGN_DROPIN, TLSRPT_SIGN_CONFIG, mode=0o644)
+
+        def cleanup():
+            c.run('rm', '-f', TLSRPT_SIGN_DROPIN, arcd_dropin, '/etc/credstore/tlsrpt-systest-dkim.pem')
+            c.run('systemctl', 'stop', 'halyard-test-dns.service', 'halyard-tlsrptd.service', 'halyard-arcd.service')
+            c.run('systemctl', 'daemon-reload', timeout=60)
+        self.addCleanup(cleanup)
+        self.sctl('daemon-reload', check=True, timeout=60)
+        # Both start again on the next connection, with this configuration.
+        self.sctl('stop', 'halyard-tlsrptd.service', 'halyard-arcd.service', timeout=30)
+        if c.run('test', '-e', '/run/sink.ready').rc != 0:
+            c.write_file('/run/sink.py', SINK, mode=0o644)
+            c.run('systemd-run', '--unit=halyard-test-sink', '/usr/bin/python3', '/run/sink.py', check=True, timeout=30)
+            c.wait_for(lambda: c.run('test', '-e', '/run/sink.ready').rc == 0, timeout=20, what='the sink')
+        self.assertEqual(c.run('stat', '-c', '%F %a %G', '/run/halyard/io.halyard.Arc', check=True).stdout.strip(),
+                         'socket 660 halyard')
+
+        feed = TLSRPT_FEED.replace("'rpt.sys.test'", "'rpt-sign.sys.test'").replace("'time': y,", "")
+        r = c.run('/usr/bin/python3', '-c', feed, timeout=30)
+        self.assertEqual(r.rc, 0, r.stderr)
+        today = time.strftime('%Y-%m-%d', time.gmtime())
+        reply = c.varlink_call(TLSRPT_ADDRESS, 'io.halyard.TlsRpt.SendReports', {'day': today}, timeout=60)
+        reports = reply['parameters']['reports']
+        journal = lambda: c.run('journalctl', '--no-pager', '-u', 'halyard-tlsrptd.service', '-u',  # noqa: E731
+                                'halyard-arcd.service').stdout[-4000:]
+        # (Earlier tests' deliveries today make a noRecord report for sys.test.)
+        mine = [x for x in reports if x['policyDomain'] == 'rpt-sign.sys.test']
+        self.assertEqual(len(mine), 1, reply)
+        rep = mine[0]
+        self.assertEqual((rep['result'], [(d['uri'], d['status']) for d in rep['destinations']]),
+                         ('sent', [('mailto:tlsrpt@sys.test', 'enqueued')]), (rep, journal()))
+        self.assertEqual(self.is_active('halyard-arcd.service'), 'active')
+        def sink():
+            # run() decodes without newline translation: the CRLFs are kept.
+            out = c.run('cat', '/run/sink.txt').stdout.encode()
+            return rep['reportId'].encode() in out and out
+        raw = c.wait_for(sink, timeout=30, what='the signed report at the receiver')
+        at = raw.rfind(b'DKIM-Signature: ', 0, raw.index(rep['reportId'].encode()))
+        self.assertGreaterEqual(at, 0, raw[-3000:])
+        msg = raw[at:]
+        self.assertIn(b'd=mta.sys.test', msg[:400])
+        self.assertIn(b's=tlsrpt', msg[:400])
+
+        def dnsfunc(name, timeout=5):
+            name = name.decode() if isinstance(name, bytes) else name
+            return dkim_txt.encode() if name.rstrip('.') == 'tlsrpt._domainkey.mta.sys.test' else None
+        self.assertTrue(dkim.verify(msg, dnsfunc=dnsfunc), msg[:2000])
+        # The report mail made no TLS result (today is closed: it would be refused).
+        st = c.varlink_call(TLSRPT_ADDRESS, 'io.halyard.TlsRpt.GetStatus', timeout=20)['parameters']
+        self.assertEqual(st['recordsRefused'], 0, st)
 
 
 def main():
