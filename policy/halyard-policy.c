@@ -186,7 +186,7 @@ typedef struct Session {
         bool ehlo;
         char auth_user[256], auth_mech[16];
         PolicyValue *sender; /* path facts, NULL: no MAIL yet */
-        PolicyValue *rcpts;  /* addresses, as smtpd gives them */
+        PolicyValue *rcpts;  /* address arrays (address, localpart, domain), as smtpd gives them */
         unsigned n_queued;
         bool closing;
         bool closed_locally;
@@ -542,7 +542,7 @@ static void cmd_rcpt(Session *s, const char *arg) {
                         return session_reply(s, "554 5.7.1 Relay access denied");
         }
         /* the finished run may still share the list */
-        if (policy_array_unshare(&s->rcpts) < 0 || policy_array_push(s->rcpts, policy_array_get_str(path, "address")) < 0)
+        if (policy_array_unshare(&s->rcpts) < 0 || policy_array_push(s->rcpts, path) < 0)
                 return session_oom(s);
         session_reply(s, "250 2.1.5 Ok");
 }

@@ -139,6 +139,9 @@ static void session_process(Session *s);
 static void format_ip(const struct sockaddr_storage *sa, char *buf, size_t n);
 static void session_update_events(Session *s);
 static void session_after(Session *s);
+static bool policy_has(Session *s, PolicyPhase phase);
+static void session_policy_disconnect(Session *s, const char *why);
+static void detached_run_free(DetachedRun *d);
 
 /* ---- output ---------------------------------------------------------- */
 
@@ -226,6 +229,8 @@ static void session_end(Session *s, const char *why) {
                 (void) smtpd_tls_bye(s->tls);
         log_full(LOG_INFO, 0, fields, "%s: session from %s (helo %s) ended: %s, %u messages%s%s%s", s->id, s->ip,
                  s->helo[0] ? s->helo : "-", why, s->n_messages, tls, s->auth_user[0] ? ", user " : "", s->auth_user);
+        if (policy_has(s, POLICY_PHASE_DISCONNECT))
+                session_policy_disconnect(s, why);
         session_free(s);
 }
 
@@ -468,9 +473,18 @@ static int on_enqueue_reply(Varlink *link, json_object *parameters, const char *
         if (!error && json_object_object_get_ex(parameters, "queueId", &v))
                 id = json_object_get_string(v);
         if (!id) {
-                reply(s, "451 4.3.0 Queue not available, try again later");
+                /* InvalidParameter: the queue refused what we asked of it,
+                 * in practice a policy's Queue() route or source address it
+                 * does not have: a configuration error, not an outage. */
+                bool refused = streq_ptr(error, "org.varlink.service.InvalidParameter");
+                reply(s, refused ? "451 4.3.5 Routing refused by the queue (a configuration error), try again later"
+                                 : "451 4.3.0 Queue not available, try again later");
                 char why[200];
-                snprintf(why, sizeof why, "queue answered %s", error ? error : "no queue id");
+                json_object *param = NULL;
+                if (refused)
+                        (void) json_object_object_get_ex(parameters, "parameter", &param);
+                snprintf(why, sizeof why, "queue answered %s%s%s", error ? error : "no queue id", param ? " " : "",
+                         param ? json_object_get_string(param) : "");
                 reject_log(s, REJECT_QUEUE_UNAVAILABLE, why);
         } else {
                 Manager *m = s->manager;
@@ -813,10 +827,21 @@ static PolicyValue *transaction_facts(Session *s) {
         int r = t && rcpts ? 0 : -ENOMEM;
         if (r >= 0 && s->have_mail)
                 r = set_take(t, "sender", path_facts(&s->mail.path));
+        /* Each recipient as $arguments["address"] has it in rcptto, so
+         * `foreach (... as $rcpt) $rcpt["domain"]` works in eod. */
         for (size_t i = 0; r >= 0 && s->rcpts && i < json_object_array_length(s->rcpts); i++) {
-                json_object *a = json_object_object_get(json_object_array_get_idx(s->rcpts, i), "address");
-                PolicyValue *v = policy_string_new_cstr(json_object_get_string(a));
-                r = v ? policy_array_push(rcpts, v) : -ENOMEM;
+                const char *address = json_object_get_string(
+                        json_object_object_get(json_object_array_get_idx(s->rcpts, i), "address"));
+                const char *at = strrchr(address, '@');
+                PolicyValue *v = policy_array_new();
+                r = v ? set_str(v, "address", address) : -ENOMEM;
+                if (r >= 0)
+                        r = at ? set_take(v, "localpart", policy_string_new(address, (size_t) (at - address)))
+                               : set_str(v, "localpart", address);
+                if (r >= 0)
+                        r = set_str(v, "domain", at ? at + 1 : "");
+                if (r >= 0)
+                        r = policy_array_push(rcpts, v);
                 policy_value_unref(v);
         }
         if (r >= 0)
@@ -825,7 +850,7 @@ static PolicyValue *transaction_facts(Session *s) {
         return r < 0 ? policy_value_unref(t) : t;
 }
 
-static void policy_log_actions(Session *s, const PolicyResult *r) {
+static void policy_log_actions(const char *client_ip, const char *session_id, const PolicyResult *r) {
         for (size_t i = 0; r->actions && i < policy_array_size(r->actions); i++) {
                 PolicyValue *a = policy_array_value_at(r->actions, i);
                 PolicyValue *kind = policy_array_get_str(a, "action"), *level = policy_array_get_str(a, "level"),
@@ -837,11 +862,11 @@ static void policy_log_actions(Session *s, const PolicyResult *r) {
                 int prio = strcmp(l, "debug") == 0 ? LOG_DEBUG : strcmp(l, "notice") == 0 ? LOG_NOTICE :
                            strcmp(l, "warning") == 0 ? LOG_WARNING : strcmp(l, "error") == 0 ? LOG_ERR : LOG_INFO;
                 char ip[80], id[60], where[300];
-                snprintf(ip, sizeof ip, "HALYARD_CLIENT_IP=%s", s->ip);
-                snprintf(id, sizeof id, "HALYARD_SESSION_ID=%s", s->id);
+                snprintf(ip, sizeof ip, "HALYARD_CLIENT_IP=%s", client_ip);
+                snprintf(id, sizeof id, "HALYARD_SESSION_ID=%s", session_id);
                 snprintf(where, sizeof where, "HALYARD_POLICY_AT=%s",
                          at && policy_value_type(at) == POLICY_TYPE_STRING ? policy_value_string(at, NULL) : "");
-                log_full(prio, 0, (const char *const[]){ ip, id, where, NULL }, "%s: policy: %s", s->id,
+                log_full(prio, 0, (const char *const[]){ ip, id, where, NULL }, "%s: policy: %s", session_id,
                          policy_value_string(msg, NULL));
         }
 }
@@ -853,7 +878,7 @@ static void policy_finish(Session *s, const PolicyResult *r) {
                 policy_value_unref(s->policy_context);
                 s->policy_context = policy_value_ref(ctx);
         }
-        policy_log_actions(s, r);
+        policy_log_actions(s->ip, s->id, r);
         if (r->failed)
                 log_warning("%s: policy failed, answering %u %s: %s", s->id, r->code, r->enhanced,
                             r->error ?: "unknown error");
@@ -866,6 +891,78 @@ static void on_policy_done(SmtpdPolicyTask *t, const PolicyResult *r, void *user
         s->phase = PHASE_COMMAND;
         policy_finish(s, r);
         session_process(s);
+}
+
+/* The disconnect handler runs when the client is gone and nothing can
+ * answer it any more: its run is detached from the session and owned by the
+ * manager until its lookups are answered (for log() lines and rate()
+ * counters). Whatever is left when the loop ends is freed with it. */
+struct DetachedRun {
+        Manager *manager;
+        SmtpdPolicyTask *task;
+        DetachedRun *prev, *next;
+        char ip[INET6_ADDRSTRLEN];
+        char id[24];
+};
+
+static void detached_run_free(DetachedRun *d) {
+        Manager *m = d->manager;
+        smtpd_policy_task_free(d->task);
+        if (d->prev)
+                d->prev->next = d->next;
+        else if (m->detached == d)
+                m->detached = d->next;
+        if (d->next)
+                d->next->prev = d->prev;
+        free(d);
+}
+
+static void detached_run_finish(DetachedRun *d, const PolicyResult *r) {
+        policy_log_actions(d->ip, d->id, r);
+        if (r->failed)
+                log_warning("%s: disconnect policy failed: %s", d->id, r->error ?: "unknown error");
+        detached_run_free(d);
+}
+
+static void on_detached_done(SmtpdPolicyTask *t, const PolicyResult *r, void *userdata) {
+        detached_run_finish(userdata, r);
+}
+
+static bool policy_traced(Session *s);
+
+static void session_policy_disconnect(Session *s, const char *why) {
+        Manager *m = s->manager;
+        bool remote = strcmp(why, "client disconnected") == 0, local = strcmp(why, "closed") == 0;
+        DetachedRun *d = calloc(1, sizeof *d);
+        PolicyValue *conn = connection_facts(s), *tx = transaction_facts(s), *args = policy_array_new();
+        int r = d && conn && tx && args ? 0 : -ENOMEM;
+        if (r >= 0)
+                r = set_str(args, "close", remote ? "remote" : "local");
+        if (r >= 0 && !remote && !local)
+                r = set_str(args, "error", why); /* a timeout, a write failure, a refused TLS... */
+        if (r >= 0) {
+                PolicyRunParams p = { .connection = conn, .transaction = tx, .arguments = args,
+                                      .context = s->policy_context };
+                d->manager = m;
+                snprintf(d->ip, sizeof d->ip, "%s", s->ip);
+                snprintf(d->id, sizeof d->id, "%s", s->id);
+                r = smtpd_policy_start(m, s->policy, POLICY_PHASE_DISCONNECT, &p, policy_traced(s) ? s->id : NULL,
+                                       on_detached_done, d, &d->task);
+        }
+        policy_value_unref(conn);
+        policy_value_unref(tx);
+        policy_value_unref(args);
+        if (r < 0) {
+                log_warning("%s: disconnect policy not run: %s", s->id, strerror(-r));
+                free(d);
+        } else if (r > 0)
+                detached_run_finish(d, smtpd_policy_task_result(d->task));
+        else {
+                d->next = m->detached;
+                if (d->next)
+                        d->next->prev = d;
+                m->detached = d;
+        }
 }
 
 /* The operator asked to trace this client's sessions (PolicyTrace). */
@@ -1959,4 +2056,6 @@ void sessions_drain(Manager *m) {
 void sessions_free_all(Manager *m) {
         while (m->sessions)
                 session_free(m->sessions);
+        while (m->detached)
+                detached_run_free(m->detached);
 }

@@ -55,6 +55,7 @@ _Static_assert(COUNT_REJECT_FIRST + _REJECT_MAX <= SMTPD_COUNT_MAX, "SmtpdCounts
 
 typedef struct Manager Manager;
 typedef struct Session Session;
+typedef struct DetachedRun DetachedRun;
 
 typedef struct Listener {
         Manager *manager;
@@ -121,6 +122,7 @@ struct Manager {
 
         Session *sessions;
         unsigned n_sessions;
+        DetachedRun *detached;         /* disconnect handlers still waiting for lookups */
         uint64_t session_seq;
         uint64_t id_base;
 

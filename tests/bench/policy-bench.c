@@ -34,7 +34,8 @@ static const char facts_json[] =
         "  \"localip\": \"127.0.0.1\", \"localport\": 25, \"serverid\": \"mx.bench.test\", \"listener\": \"smtp\","
         "  \"helo\": {\"verb\": \"EHLO\", \"host\": \"client.sender.example\"}},"
         " \"transaction\": {\"sender\": {\"address\": \"alice@sender.example\", \"localpart\": \"alice\","
-        "  \"domain\": \"sender.example\"}, \"recipients\": [\"bob@bench.test\", \"carol@example.net\"]},"
+        "  \"domain\": \"sender.example\"}, \"recipients\": [{\"address\": \"bob@bench.test\", \"localpart\": \"bob\", \"domain\": \"bench.test\"},"
+        " {\"address\": \"carol@example.net\", \"localpart\": \"carol\", \"domain\": \"example.net\"}]},"
         " \"context\": {}}";
 
 static const char *const args_json[_POLICY_PHASE_MAX] = {

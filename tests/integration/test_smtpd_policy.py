@@ -79,8 +79,19 @@ on eod {
     $mail->delHeader("X-Internal");
     $mail->setHeader("X-Priority", "3");
     $mail->addHeader("X-Policy", "checked " . ($context["connected"] ?? "?") . " " . ($context["sender"] ?? "?"));
+    $to = [];
+    foreach ($transaction["recipients"] as $rcpt)
+        $to[] = $rcpt["localpart"] . " at " . $rcpt["domain"];
+    $mail->addHeader("X-Policy-Recipients", str_join($to, ", "));
     log("info", "eod policy saw " . $mail->getHeader("Subject"));
     Accept();
+}
+
+on disconnect {
+    // After the session: the client is gone, only logs and counters remain.
+    if (($connection["helo"]["host"] ?? "") == "bye.example")
+        log("info", "disconnect " . $arguments["close"] . " " . ($context["sender"] ?? "-") . " " .
+            ($arguments["error"] ?? "-"));
 }
 '''
 
@@ -226,12 +237,32 @@ class PolicyTest(unittest.TestCase):
         head = msgs[0].split(b"\r\n\r\n", 1)[0]
         self.assertTrue(head.startswith(b"Received: from client.test"), head)
         self.assertIn(b"\r\nX-Policy: checked yes alice@client.test\r\n", head)
+        self.assertIn(b"\r\nX-Policy-Recipients: bob at example.org\r\n", head)
         self.assertIn(b"\r\nX-Priority: 3\r\n", head)
         self.assertNotIn(b"X-Priority: 1", head)
         self.assertNotIn(b"X-Internal", head)
         self.assertTrue(head.endswith(b"\r\nSubject: edits"), head)
         wait_until(lambda: "policy: eod policy saw edits" in self.smtpd.log(), 5, what="the policy's log line")
         self.assertEqual(self.spool_with("buy now"), [])
+
+    def test_disconnect(self):
+        """The disconnect handler runs after QUIT (close local) and after the
+        client drops the connection (close remote), with $context from the
+        session's earlier phases."""
+        with self.connect() as s:
+            s.ehlo("bye.example")
+            s.mail("carol@client.test")
+            s.rset()
+        wait_until(lambda: "policy: disconnect local carol@client.test -" in self.smtpd.log(), 5,
+                   what="the disconnect handler after QUIT")
+        c = Raw(self.smtpd.port)
+        c.reply()
+        c.send(b"EHLO bye.example\r\nMAIL FROM:<dave@client.test>\r\n")
+        c.reply()  # EHLO
+        self.assertTrue(c.reply().startswith(b"250"))  # MAIL
+        c.close()
+        wait_until(lambda: "policy: disconnect remote dave@client.test -" in self.smtpd.log(), 5,
+                   what="the disconnect handler after the client left")
 
     def test_failures_tempfail(self):
         with self.connect() as s:

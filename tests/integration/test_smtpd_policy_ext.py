@@ -217,9 +217,9 @@ on eod {
     $mail->addHeader("X-RPD", string(ScanRPD() ?? "none"));
     if ($subject == "routed") {
         foreach ($transaction["recipients"] as $rcpt) {
-            if ($rcpt == "special@example.org")
+            if ($rcpt["address"] == "special@example.org")
                 Queue($rcpt, [transport => "special", source_ip => "127.0.0.3"]);
-            else if ($rcpt == "literal@example.org")
+            else if ($rcpt["address"] == "literal@example.org")
                 Queue($rcpt, [transport => "[127.0.0.1]:%(special)d"]);
         }
     }
@@ -385,7 +385,8 @@ class PolicyExtTest(unittest.TestCase):
 
     def test_queue_source_outside_pool_refused(self):
         code, text = self.send("bad source", "marker-badsource-1", rcpts=("special@example.org",))
-        self.assertEqual(code, 451, text)
+        self.assertEqual((code, text[:5]), (451, b"4.3.5"), text)
+        self.assertIn(b"Routing refused by the queue", text)
         with self.q.conn() as c:
             r = enqueue(c, b"Subject: x\r\n\r\nx\r\n", rcpts=(), recipients=[
                 {"address": "a@example.org", "sourceAddress": "192.0.2.99"}])
