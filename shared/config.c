@@ -241,7 +241,7 @@ static int config_new(const ConfigKey *keys, Config **ret) {
                 return -EINVAL;
         for (; keys[n].name; n++) {
                 if (n >= CONFIG_KEYS_MAX || !keys[n].section ||
-                    (unsigned) keys[n].type > (unsigned) CONFIG_LIST)
+                    (unsigned) keys[n].type > (unsigned) CONFIG_LIST_APPEND)
                         return -EINVAL;
         }
 
@@ -734,6 +734,7 @@ static int config_check_value(Config *c, const char *file, unsigned line, const 
         }
         case CONFIG_STRING:
         case CONFIG_LIST:
+        case CONFIG_LIST_APPEND:
                 break;
         }
         if (r >= 0)
@@ -901,6 +902,13 @@ static int parse_line(Parser *p, char *l, unsigned line) {
         if (r != 0)
                 return r < 0 ? r : 0;
 
+        if (e->type == CONFIG_LIST_APPEND && e->value) {
+                char *joined = NULL;
+                if (asprintf(&joined, "%s, %s", e->value, v) < 0)
+                        return -ENOMEM;
+                free(v);
+                v = joined;
+        }
         free(e->value);
         e->value = TAKE_PTR(v);
         e->file = p->file;

@@ -35,6 +35,8 @@ typedef enum ConfigType {
         CONFIG_DURATION, /* e.g. 30s, 5min, 2h, 1d, 500ms, or a bare number of seconds; combinations "1h 30min" */
         CONFIG_ADDRESSES,/* whitespace or comma separated list of IPv4/IPv6 addresses or CIDR prefixes */
         CONFIG_LIST,     /* whitespace separated list of words */
+        CONFIG_LIST_APPEND, /* the same, but each assignment adds to the list, like systemd's
+                             * repeatable settings (joined with ", "); an empty one resets it */
 } ConfigType;
 
 typedef struct ConfigKey {

@@ -20,7 +20,7 @@
 const ConfigKey arcd_config_keys[] = {
         { "Arc", "AuthservId", CONFIG_STRING },
         /* Words in groups of three: DOMAIN SELECTOR CREDENTIAL ... */
-        { "Arc", "Key", CONFIG_LIST },
+        { "Arc", "Key", CONFIG_LIST_APPEND },
         { "Arc", "SealDomain", CONFIG_STRING },
         { "Arc", "SealSelector", CONFIG_STRING },
         { "Arc", "MinRsaBits", CONFIG_UINT },

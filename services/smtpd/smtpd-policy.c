@@ -1069,14 +1069,6 @@ static int write_all(int fd, const void *p, size_t n) {
         return 0;
 }
 
-static int write_field(int fd, const char *name, const char *value) {
-        int r = write_all(fd, name, strlen(name));
-        if (r >= 0)
-                r = write_all(fd, ": ", 2);
-        if (r >= 0)
-                r = write_all(fd, value, strlen(value));
-        return r >= 0 ? write_all(fd, "\r\n", 2) : r;
-}
 
 int smtpd_policy_edit_headers(int fd, uint64_t skip, PolicyValue *actions, int *ret_fd) {
         HeaderBlock h = {};
@@ -1136,14 +1128,28 @@ int smtpd_policy_edit_headers(int fd, uint64_t skip, PolicyValue *actions, int *
                 r = -errno;
                 goto done;
         }
-        r = write_all(out, h.data, (size_t) skip);
-        for (size_t i = 0; r >= 0 && i < n_top; i++)
-                r = write_field(out, top[i][0], top[i][1]);
-        for (size_t k = 0; r >= 0 && k < h.n_fields; k++)
+        /* The new header section is assembled in memory and written at
+         * once, then the body: two writes, not four per field. */
+        _cleanup_free_ char *head = NULL;
+        size_t head_len = 0;
+        FILE *f = open_memstream(&head, &head_len);
+        if (!f) {
+                r = -errno;
+                goto done;
+        }
+        fwrite(h.data, 1, (size_t) skip, f);
+        for (size_t i = 0; i < n_top; i++)
+                fprintf(f, "%s: %s\r\n", top[i][0], top[i][1]);
+        for (size_t k = 0; k < h.n_fields; k++)
                 if (!h.fields[k].deleted)
-                        r = write_all(out, h.data + h.fields[k].start, h.fields[k].end - h.fields[k].start);
-        for (size_t i = 0; r >= 0 && i < n_bottom; i++)
-                r = write_field(out, bottom[i][0], bottom[i][1]);
+                        fwrite(h.data + h.fields[k].start, 1, h.fields[k].end - h.fields[k].start, f);
+        for (size_t i = 0; i < n_bottom; i++)
+                fprintf(f, "%s: %s\r\n", bottom[i][0], bottom[i][1]);
+        r = ferror(f) ? -ENOMEM : 0;
+        if (fclose(f) != 0 && r >= 0)
+                r = -ENOMEM;
+        if (r >= 0)
+                r = write_all(out, head, head_len);
         if (r >= 0)
                 r = write_all(out, h.data + h.body, h.size - h.body);
         if (r >= 0) {

@@ -179,7 +179,7 @@ class ArcdTest(unittest.TestCase):
         cls.dns = DnsFixture(cls.tmp.path, records)
         cls.dns_config = ("[DNS]\nForwarders=%s\nTrustAnchor=%s\nTransparentZones=halyard.test\nTimeout=5s\n"
                           % (cls.dns.env["HALYARD_DNS_FORWARDER"], cls.dns.env["HALYARD_DNS_TA"]))
-        config = ("[Arc]\nAuthservId=%s\nKey=%s rsa1 rsa.pem, %s ed1 ed.pem\n" % (AUTHSERV, ZONE, ZONE)
+        config = ("[Arc]\nAuthservId=%s\nKey=%s rsa1 rsa.pem\nKey=%s ed1 ed.pem\n" % (AUTHSERV, ZONE, ZONE)
                   + cls.dns_config)
         cls.arcd = Arcd(cls.tmp.path, config, cls.creds).start()
 
@@ -546,7 +546,8 @@ class ArcdTest(unittest.TestCase):
     def test_reload(self):
         old = self.arcd.config.read_text()
         try:
-            three = old.replace("Key=%s rsa1 rsa.pem," % ZONE, "Key=%s rsa1 rsa.pem, other.example s1 rsa.pem," % ZONE)
+            # Several keys: one Key= line each, or several on one line.
+            three = old.replace("Key=%s rsa1 rsa.pem\n" % ZONE, "Key=%s rsa1 rsa.pem, other.example s1 rsa.pem\n" % ZONE)
             self.arcd.config.write_text(three)
             self.arcd.proc.send_signal(signal.SIGHUP)
             wait_until(lambda: len(self.arcd.ok("GetStatus")["keys"]) == 3, 10, what="reloaded keys")

@@ -28,6 +28,7 @@ static const ConfigKey keys[] = {
         { "Smtpd", "RequireTLS", CONFIG_BOOL },
         { "Smtpd", "Relay", CONFIG_ADDRESSES },
         { "Smtpd", "Domains", CONFIG_LIST },
+        { "Smtpd", "Key", CONFIG_LIST_APPEND },
         {}
 };
 
@@ -533,6 +534,38 @@ TEST(invalid_value_keeps_previous) {
         ASSERT_OK(config_get_location(c, "Queue", "MaxSize", &file, &line));
         ASSERT_STREQ(file, "t.conf");
         ASSERT_EQ(line, 2);
+        config_free(c);
+}
+
+TEST(list_append) {
+        Config *c = NULL;
+        char **l = NULL;
+        const char *file;
+        unsigned line;
+
+        /* Repeated: appended; later, a plain list key still overrides. */
+        ASSERT_OK(load("[Smtpd]\nKey=a b c\nDomains=x\nKey=d e f\nDomains=y\n", 0, &c));
+        ASSERT_OK(config_get_list(c, "Smtpd", "Key", &l));
+        ASSERT_STREQ(l[0], "a");
+        ASSERT_STREQ(l[2], "c,");
+        ASSERT_STREQ(l[3], "d");
+        ASSERT_STREQ(l[5], "f");
+        ASSERT_TRUE(!l[6]);
+        config_strv_free(l);
+        ASSERT_OK(config_get_list(c, "Smtpd", "Domains", &l));
+        ASSERT_STREQ(l[0], "y");
+        ASSERT_TRUE(!l[1]);
+        config_strv_free(l);
+        ASSERT_OK(config_get_location(c, "Smtpd", "Key", &file, &line));
+        ASSERT_EQ(line, 4);
+        config_free(c);
+
+        /* An empty assignment resets it. */
+        ASSERT_OK(load("[Smtpd]\nKey=a b c\nKey=\nKey=g h i\n", 0, &c));
+        ASSERT_OK(config_get_list(c, "Smtpd", "Key", &l));
+        ASSERT_STREQ(l[0], "g");
+        ASSERT_TRUE(!l[3]);
+        config_strv_free(l);
         config_free(c);
 }
 
