@@ -112,6 +112,16 @@ with smtplib.SMTP('127.0.0.1', 25, timeout=20) as s:
     print(s.ehlo('policy.ok.test')[0])
 """
 
+ARC_DROPIN = '/etc/halyard/halyard.conf.d/45-arc-systest.conf'
+ARC_SEND = r"""
+import smtplib
+with smtplib.SMTP('127.0.0.1', 25, timeout=30) as s:
+    s.ehlo('client.sys.test')
+    s.sendmail('a@sys.test', ['user@sys.test'], 'Authentication-Results: smtpd.sys.test; dkim=pass (forged)\r\n'
+               'From: a@sys.test\r\nTo: user@sys.test\r\nSubject: authenticated\r\n\r\nhi\r\n')
+    print('sent')
+"""
+
 ENQUEUE = r"""
 import json, os, socket
 fd = os.memfd_create('msg')
@@ -516,6 +526,39 @@ class HalyardTargetTest(unittest.TestCase):
         self.assertIn('%s:3:1: error:' % POLICY_FILE, out)
         r = c.run('/usr/bin/python3', '-c', POLICY_SEND, timeout=60)
         self.assertTrue(r.stdout.startswith('550 '), r.stdout + r.stderr)
+
+    def test_05d_smtpd_authenticates_through_arcd(self):
+        """halyard-smtpd with Authenticate=yes under systemd: its sandbox
+        reaches arcd's 0660 group-halyard socket, which socket-activates
+        halyard-arcd (sandboxed, dynamic user); the message arrives with our
+        Authentication-Results and without the forged one the client added."""
+        c = self.c
+        if not os.access(os.path.join(self.stage, 'usr/libexec/halyard/halyard-arcd'), os.X_OK):
+            self.skipTest('halyard-arcd not in the staged install')
+        c.wait_for(lambda: c.run('test', '-e', '/run/sink.ready').rc == 0, timeout=20, what='the sink from test_04')
+        c.write_file(ARC_DROPIN, '[Smtpd]\nAuthenticate=yes\nAuthservId=smtpd.sys.test\n', mode=0o644)
+        self.addCleanup(lambda: c.run('rm', '-f', ARC_DROPIN))
+        if self.is_active('halyard-smtpd.service') == 'active':
+            r = self.sctl('reload', 'halyard-smtpd.service', timeout=60)
+            self.assertEqual(r.rc, 0, r.stderr)
+        self.assertEqual(c.run('stat', '-c', '%F %a %G', '/run/halyard/io.halyard.Arc', check=True).stdout.strip(),
+                         'socket 660 halyard')
+        r = c.run('/usr/bin/python3', '-c', ARC_SEND, timeout=60)
+        self.assertEqual(r.rc, 0, r.stdout + r.stderr)
+        c.wait_for(lambda: 'Subject: authenticated' in c.run('cat', '/run/sink.txt').stdout, timeout=30,
+                   what='the message at the receiver')
+        got = c.run('cat', '/run/sink.txt').stdout
+        # Only this message went through Authenticate: one A-R, ours.
+        self.assertEqual(got.count('Authentication-Results: smtpd.sys.test;'), 1, got)
+        self.assertNotIn('forged', got)
+        self.assertEqual(self.is_active('halyard-arcd.service'), 'active')
+        pid = int(self.prop('halyard-arcd.service', 'MainPID'))
+        ps = self.proc_status(pid)
+        self.assertNotEqual(ps['Uid'].split()[0], '0')
+        self.assertEqual(ps['CapEff'], '0000000000000000')
+        reply = c.varlink_call('unix:/run/halyard/io.halyard.Arc', 'io.halyard.Arc.GetStatus', timeout=20)
+        calls = {m['method']: m['calls'] for m in reply['parameters']['methods']}
+        self.assertGreaterEqual(calls.get('Authenticate', 0), 1, reply)
 
     def test_06_stop_start_target(self):
         # PartOf=halyard.target on the sockets: stopping the target stops

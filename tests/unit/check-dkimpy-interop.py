@@ -158,11 +158,17 @@ def arc_tests():
             check("chain starting with %s, hop %d (%s): dkimpy says pass" % (first, hop, sealer),
                   theirs[0] == b"pass", repr(theirs) + "\n" + msg.decode(errors="replace"))
 
-        tampered = msg.replace(b"Hello,  list.", b"Hello,  LIST.")
-        ours = tool("arc-validate", dns, stdin=tampered).decode().split()
-        theirs = dkim.arc_verify(tampered, dnsfunc=dnsfunc)
-        check("chain starting with %s, body changed: halyard says fail" % first, ours[0] == "fail", " ".join(ours))
-        check("chain starting with %s, body changed: dkimpy says fail" % first, theirs[0] == b"fail", repr(theirs))
+        # A changed body, a changed signed header, and a changed header that
+        # only the seals cover (the oldest ARC-Authentication-Results).
+        aar1 = msg.index(b"ARC-Authentication-Results: i=1;")
+        for what, tampered in (
+                ("body changed", msg.replace(b"Hello,  list.", b"Hello,  LIST.")),
+                ("signed header changed", msg.replace(b"Subject: interop  test", b"Subject: interop  TEST")),
+                ("sealed header changed", msg[:aar1] + msg[aar1:].replace(b"arc=none", b"arc=pass", 1))):
+            ours = tool("arc-validate", dns, stdin=tampered).decode().split()
+            theirs = dkim.arc_verify(tampered, dnsfunc=dnsfunc)
+            check("chain starting with %s, %s: halyard says fail" % (first, what), ours[0] == "fail", " ".join(ours))
+            check("chain starting with %s, %s: dkimpy says fail" % (first, what), theirs[0] == b"fail", repr(theirs))
 
 
 def normalized(value):
