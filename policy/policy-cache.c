@@ -3,12 +3,16 @@
  * entries, grouped into buckets per (namespace, function) that carry the
  * size limit, LRU order and the hit/miss/evict counters operators see.
  *
- * An entry is found by two keyed SipHash-2-4 digests (128 bits) of
- * namespace, function and the JSON of the selected arguments; the
+ * An entry is found by a keyed SipHash-2-4 digest (its 128-bit output)
+ * of namespace, function and a canonical encoding of the selected arguments
+ * (equal exactly when their JSON would be), hashed as they are walked: no
+ * key text is built, so a cached call costs no allocation, and the
  * arguments themselves are not kept, so a token or address passed to a
- * cached lookup does not stay in memory in clear text, and the keys are
- * random per process, so colliding entries cannot be chosen from outside. */
+ * cached lookup does not stay in memory in clear text. The keys are random
+ * per process, so colliding entries cannot be chosen from outside. */
 
+#include <endian.h>
+#include <math.h>
 #include <stdio.h>
 #include <sys/random.h>
 
@@ -20,8 +24,8 @@
 typedef struct Bucket Bucket;
 
 typedef struct Entry {
-        uint64_t hash;          /* SipHash with key 0: also the table index */
-        uint64_t hash2;         /* SipHash with key 1 */
+        uint64_t hash;          /* first half of the digest: also the table index */
+        uint64_t hash2;         /* second half */
         PolicyValue *value;
         uint64_t expires;
         uint64_t generation;
@@ -40,7 +44,7 @@ struct Bucket {
 };
 
 struct PolicyCache {
-        uint8_t sipkey[2][16];
+        uint8_t sipkey[16];
         Entry **table;
         size_t cap, n;
         Bucket *buckets;
@@ -65,7 +69,7 @@ int policy_cache_new(PolicyCache **ret) {
 }
 
 static void entry_free(Entry *e) {
-        policy_value_unref(e->value);
+        value_unref(e->value);
         free(e);
 }
 
@@ -135,7 +139,7 @@ static Bucket *bucket_get(PolicyCache *c, const char *namespace, const char *fun
 }
 
 #define ROTL(x, b) (uint64_t) (((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                        \
+#define SIPROUND(v0, v1, v2, v3)                                                        \
         do {                                                                            \
                 v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);               \
                 v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                  \
@@ -144,57 +148,213 @@ static Bucket *bucket_get(PolicyCache *c, const char *namespace, const char *fun
         } while (0)
 
 static uint64_t load64(const uint8_t *p) {
-        uint64_t v = 0;
-        for (int i = 7; i >= 0; i--)
-                v = (v << 8) | p[i];
-        return v;
+        uint64_t v;
+        memcpy(&v, p, sizeof v);
+        return le64toh(v);
 }
 
-/* SipHash-2-4 over the pieces as one message, each followed by a NUL (so
- * ("ab", "c") and ("a", "bc") differ). */
-static uint64_t siphash(const uint8_t key[16], const char *const *pieces, size_t n_pieces) {
+/* SipHash-2-4 with its 128-bit output, fed piece by piece: the pieces
+ * collect in buf and are compressed 8 bytes at a time when it fills, which
+ * is the same as hashing the concatenation. One pass gives both halves of
+ * the entry's digest. */
+typedef struct Sip2 {
+        uint64_t v0, v1, v2, v3;
+        uint8_t buf[64];
+        size_t fill;            /* bytes in buf */
+        uint64_t total;         /* bytes compressed so far */
+} Sip2;
+
+static void sip2_init(Sip2 *s, const uint8_t key[16]) {
         uint64_t k0 = load64(key), k1 = load64(key + 8);
-        uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
-        uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
-        uint8_t block[8];
-        size_t fill = 0, total = 0;
-
-        for (size_t i = 0; i < n_pieces; i++) {
-                const char *p = pieces[i];
-                size_t len = strlen(p) + 1;
-                for (size_t j = 0; j < len; j++) {
-                        block[fill++] = (uint8_t) p[j];
-                        total++;
-                        if (fill == 8) {
-                                uint64_t m = load64(block);
-                                v3 ^= m;
-                                SIPROUND;
-                                SIPROUND;
-                                v0 ^= m;
-                                fill = 0;
-                        }
-                }
-        }
-        uint64_t b = (uint64_t) total << 56;
-        for (size_t i = 0; i < fill; i++)
-                b |= (uint64_t) block[i] << (8 * i);
-        v3 ^= b;
-        SIPROUND;
-        SIPROUND;
-        v0 ^= b;
-        v2 ^= 0xff;
-        SIPROUND;
-        SIPROUND;
-        SIPROUND;
-        SIPROUND;
-        return v0 ^ v1 ^ v2 ^ v3;
+        s->v0 = 0x736f6d6570736575ULL ^ k0;
+        s->v1 = 0x646f72616e646f6dULL ^ k1 ^ 0xee; /* 0xee: the 128-bit variant */
+        s->v2 = 0x6c7967656e657261ULL ^ k0;
+        s->v3 = 0x7465646279746573ULL ^ k1;
+        s->fill = 0;
+        s->total = 0;
 }
 
-static void digest(PolicyCache *c, const char *namespace, const char *function, const char *key, uint64_t *h,
-                   uint64_t *h2) {
-        const char *pieces[] = { namespace, function, key };
-        *h = siphash(c->sipkey[0], pieces, ELEMENTSOF(pieces));
-        *h2 = siphash(c->sipkey[1], pieces, ELEMENTSOF(pieces));
+/* Compresses the whole 8-byte words of buf; the rest moves to its start. */
+static void sip2_flush(Sip2 *s) {
+        size_t words = s->fill / 8;
+        uint64_t v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3;
+        for (size_t w = 0; w < words; w++) {
+                uint64_t m = load64(s->buf + 8 * w);
+                v3 ^= m;
+                SIPROUND(v0, v1, v2, v3);
+                SIPROUND(v0, v1, v2, v3);
+                v0 ^= m;
+        }
+        s->v0 = v0, s->v1 = v1, s->v2 = v2, s->v3 = v3;
+        s->total += 8 * words;
+        s->fill -= 8 * words;
+        memmove(s->buf, s->buf + 8 * words, s->fill);
+}
+
+static void sip2_feed(Sip2 *s, const void *data, size_t n) {
+        const uint8_t *p = data;
+        while (n > 0) {
+                size_t k = MIN(n, sizeof s->buf - s->fill);
+                memcpy(s->buf + s->fill, p, k);
+                s->fill += k;
+                p += k;
+                n -= k;
+                if (s->fill == sizeof s->buf)
+                        sip2_flush(s);
+        }
+}
+
+static void sip2_byte(Sip2 *s, uint8_t b) {
+        if (s->fill == sizeof s->buf)
+                sip2_flush(s);
+        s->buf[s->fill++] = b;
+}
+
+/* Lengths and counts: strings, arrays and names are far below 4 GiB. */
+static void sip2_u32(Sip2 *s, uint32_t x) {
+        x = htole32(x);
+        sip2_feed(s, &x, sizeof x);
+}
+
+static void sip2_u64(Sip2 *s, uint64_t x) {
+        x = htole64(x);
+        sip2_feed(s, &x, sizeof x);
+}
+
+static void sip2_final(Sip2 *s, uint64_t *h, uint64_t *h2) {
+        sip2_flush(s);
+        uint64_t b = (s->total + s->fill) << 56;
+        for (size_t i = 0; i < s->fill; i++)
+                b |= (uint64_t) s->buf[i] << (8 * i);
+        uint64_t v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3;
+        v3 ^= b;
+        SIPROUND(v0, v1, v2, v3);
+        SIPROUND(v0, v1, v2, v3);
+        v0 ^= b;
+        v2 ^= 0xee;
+        SIPROUND(v0, v1, v2, v3);
+        SIPROUND(v0, v1, v2, v3);
+        SIPROUND(v0, v1, v2, v3);
+        SIPROUND(v0, v1, v2, v3);
+        *h = v0 ^ v1 ^ v2 ^ v3;
+        v1 ^= 0xdd;
+        SIPROUND(v0, v1, v2, v3);
+        SIPROUND(v0, v1, v2, v3);
+        SIPROUND(v0, v1, v2, v3);
+        SIPROUND(v0, v1, v2, v3);
+        *h2 = v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* A NUL-terminated piece, NUL included (so ("ab", "c") and ("a", "bc")
+ * differ). */
+static void sip2_cstr(Sip2 *s, const char *p) {
+        sip2_feed(s, p, strlen(p) + 1);
+}
+
+static void sip2_bytes(Sip2 *s, const char *p, size_t n) {
+        sip2_u32(s, (uint32_t) n);
+        sip2_feed(s, p, n);
+}
+
+/* The canonical encoding of a value for keys: a tag byte, then lengths and
+ * bytes. It distinguishes what policy_value_to_json() distinguishes and
+ * nothing more: integral numbers up to 2^53 are integers (-0 is 0),
+ * non-finite numbers are null like none, arrays with keys 0..n-1 are lists
+ * and others maps whose keys are text (the number 1 and the string "1" name
+ * the same member), an object is its class and payload. Depth is bounded by
+ * POLICY_VALUE_DEPTH_MAX. */
+static void sip2_value(Sip2 *s, const PolicyValue *v) {
+        switch (value_type(v)) {
+        case POLICY_TYPE_NONE:
+                sip2_byte(s, 'n');
+                return;
+        case POLICY_TYPE_BOOL:
+                sip2_byte(s, policy_value_bool(v) ? 't' : 'f');
+                return;
+        case POLICY_TYPE_NUMBER: {
+                double d = policy_value_number(v);
+                if (!isfinite(d))
+                        sip2_byte(s, 'n');
+                else if (d == floor(d) && fabs(d) <= 9007199254740992.0) {
+                        sip2_byte(s, 'i');
+                        sip2_u64(s, (uint64_t) (int64_t) d);
+                } else {
+                        uint64_t bits;
+                        memcpy(&bits, &d, sizeof bits);
+                        sip2_byte(s, 'd');
+                        sip2_u64(s, bits);
+                }
+                return;
+        }
+        case POLICY_TYPE_STRING: {
+                size_t len;
+                const char *p = policy_value_string(v, &len);
+                sip2_byte(s, 's');
+                sip2_bytes(s, p, len);
+                return;
+        }
+        case POLICY_TYPE_ARRAY: {
+                size_t n = policy_array_size(v);
+                bool list = true;
+                for (size_t i = 0; i < n && list; i++) {
+                        const PolicyValue *k = policy_array_key_at(v, i);
+                        list = value_type(k) == POLICY_TYPE_NUMBER && policy_value_number(k) == (double) i;
+                }
+                sip2_byte(s, list ? 'l' : 'm');
+                sip2_u32(s, (uint32_t) n);
+                for (size_t i = 0; i < n; i++) {
+                        if (!list) {
+                                const PolicyValue *k = policy_array_key_at(v, i);
+                                if (value_type(k) == POLICY_TYPE_STRING) {
+                                        size_t len;
+                                        const char *p = policy_value_string(k, &len);
+                                        sip2_bytes(s, p, len);
+                                } else {
+                                        /* Keys are integral and within 2^53: plain
+                                         * decimal, as policy_number_format() writes them. */
+                                        char buf[32], *e = buf + sizeof buf, *q = e;
+                                        double d = policy_value_number(k);
+                                        uint64_t u = (uint64_t) fabs(d);
+                                        do
+                                                *--q = (char) ('0' + u % 10);
+                                        while ((u /= 10) > 0);
+                                        if (d < 0)
+                                                *--q = '-';
+                                        sip2_bytes(s, q, (size_t) (e - q));
+                                }
+                        }
+                        sip2_value(s, policy_array_value_at(v, i));
+                }
+                return;
+        }
+        case POLICY_TYPE_OBJECT:
+                sip2_byte(s, 'o');
+                sip2_cstr(s, policy_object_class(v));
+                sip2_value(s, policy_object_payload(v));
+                return;
+        default:
+                sip2_byte(s, '?');
+                return;
+        }
+}
+
+void policy_cache_key(const PolicyCache *c, const char *namespace, const char *function, PolicyValue *const *args,
+                      size_t argc, uint32_t argv_mask, PolicyCacheKey *ret) {
+        Sip2 s;
+        size_t n = 0;
+
+        for (size_t i = 0; i < argc; i++)
+                if (i >= 32 || (argv_mask & (1U << i)))
+                        n++;
+        sip2_init(&s, c->sipkey);
+        sip2_cstr(&s, namespace);
+        sip2_cstr(&s, function);
+        sip2_byte(&s, 'l');
+        sip2_u32(&s, (uint32_t) n);
+        for (size_t i = 0; i < argc; i++)
+                if (i >= 32 || (argv_mask & (1U << i)))
+                        sip2_value(&s, args[i]);
+        sip2_final(&s, &ret->h, &ret->h2);
 }
 
 static Entry *find(PolicyCache *c, uint64_t h, uint64_t h2) {
@@ -224,14 +384,12 @@ static void lru_front(Bucket *b, Entry *e) {
                 b->tail = e;
 }
 
-int policy_cache_lookup(PolicyCache *c, const char *namespace, const char *function, const char *key,
+int policy_cache_lookup(PolicyCache *c, const char *namespace, const char *function, const PolicyCacheKey *key,
                         uint64_t now_usec, uint64_t generation, bool same_generation_only, PolicyValue **ret) {
-        uint64_t h, h2;
         Bucket *b = bucket_get(c, namespace, function, true);
         if (!b)
                 return -ENOMEM;
-        digest(c, namespace, function, key, &h, &h2);
-        Entry *e = find(c, h, h2);
+        Entry *e = find(c, key->h, key->h2);
         if (e && (e->expires <= now_usec || (same_generation_only && e->generation != generation))) {
                 entry_unlink(c, e);
                 e = NULL;
@@ -242,7 +400,7 @@ int policy_cache_lookup(PolicyCache *c, const char *namespace, const char *funct
         }
         b->hits++;
         lru_front(b, e);
-        *ret = policy_value_ref(e->value);
+        *ret = value_ref(e->value);
         return 1;
 }
 
@@ -264,18 +422,17 @@ static int grow(PolicyCache *c) {
         return 0;
 }
 
-int policy_cache_store(PolicyCache *c, const char *namespace, const char *function, const char *key,
+int policy_cache_store(PolicyCache *c, const char *namespace, const char *function, const PolicyCacheKey *key,
                        PolicyValue *value, uint64_t ttl_usec, unsigned size, uint64_t now_usec, uint64_t generation) {
-        uint64_t h, h2;
+        uint64_t h = key->h, h2 = key->h2;
         Bucket *b = bucket_get(c, namespace, function, true);
         if (!b)
                 return -ENOMEM;
         b->max = MAX(size, 1U);
-        digest(c, namespace, function, key, &h, &h2);
         Entry *e = find(c, h, h2);
         if (e) {
-                policy_value_unref(e->value);
-                e->value = policy_value_ref(value);
+                value_unref(e->value);
+                e->value = value_ref(value);
                 e->expires = now_usec + ttl_usec;
                 e->generation = generation;
                 lru_front(b, e);
@@ -289,7 +446,7 @@ int policy_cache_store(PolicyCache *c, const char *namespace, const char *functi
         *e = (Entry) {
                 .hash = h,
                 .hash2 = h2,
-                .value = policy_value_ref(value),
+                .value = value_ref(value),
                 .expires = now_usec + ttl_usec,
                 .generation = generation,
                 .bucket = b,

@@ -370,8 +370,38 @@ static PolicyLoc end_loc(const PolicyNode *body) {
         return body->loc;
 }
 
+const char *const policy_words[_WORD_MAX] = {
+        [WORD_ACTION] = "action",
+        [WORD_AT] = "at",
+        [WORD_RECIPIENT] = "recipient",
+        [WORD_OPTIONS] = "options",
+        [WORD_LEVEL] = "level",
+        [WORD_MESSAGE] = "message",
+        [WORD_FIELDS] = "fields",
+        [WORD_NAME] = "name",
+        [WORD_VALUE] = "value",
+        [WORD_INDEX] = "index",
+        [WORD_QUEUE] = "queue",
+        [WORD_LOG] = "log",
+        [WORD_ADD_HEADER] = "add_header",
+        [WORD_SET_HEADER] = "set_header",
+        [WORD_DELETE_HEADER] = "delete_header",
+};
+
 int policy_compile(PolicyGeneration *g, const PolicyProgram *prog) {
         Compiler c = { .g = g };
+
+        /* The VM's action records use these on every run: keep one copy in
+         * the constant pool instead of allocating them per action. */
+        for (size_t i = 0; i < _WORD_MAX; i++) {
+                _cleanup_(policy_value_unrefp) PolicyValue *w = policy_string_new_cstr(policy_words[i]);
+                if (!w)
+                        return -ENOMEM;
+                int32_t at = add_const(&c, w);
+                if (c.err)
+                        return c.err;
+                g->words[i] = g->consts[at];
+        }
 
         g->functions = calloc(MAX(prog->n_functions, (size_t) 1), sizeof *g->functions);
         if (!g->functions)

@@ -6,6 +6,61 @@
 #include "policy-builtins.h"
 #include "policy.h"
 
+/* The layout of values. policy-value.c owns it; it is here so the VM's
+ * hottest paths (type checks, references) inline. */
+typedef struct PolicyArrayEntry {
+        PolicyValue *key;
+        PolicyValue *value;
+} PolicyArrayEntry;
+
+struct PolicyValue {
+        unsigned refcount; /* 0: static singleton */
+        PolicyType type;
+        /* Nesting below this value (0 for scalars), kept at most
+         * POLICY_VALUE_DEPTH_MAX so freeing, comparing and converting, which
+         * recurse, have a bounded stack whatever a script builds. It only
+         * grows: replacing a deep element by a shallow one keeps it. */
+        unsigned depth;
+        size_t size;       /* see policy_value_size() */
+        union {
+                bool b;
+                double n;
+                struct {
+                        char *s;   /* the bytes follow the struct in the same allocation */
+                        size_t len;
+                } str;
+                struct {
+                        PolicyArrayEntry *entries;
+                        size_t n, cap;
+                        uint32_t *index; /* entry number + 1, 0 = free */
+                        size_t index_cap;
+                        double next_key;
+                } arr;
+                struct {
+                        char *class;
+                        PolicyValue *payload;
+                } obj;
+        };
+};
+
+/* Frees a value whose last reference went (policy-value.c). */
+void policy_value_free_last(PolicyValue *v);
+
+static inline PolicyType value_type(const PolicyValue *v) {
+        return v ? v->type : POLICY_TYPE_NONE;
+}
+
+static inline PolicyValue *value_ref(PolicyValue *v) {
+        if (v && v->refcount > 0)
+                v->refcount++;
+        return v;
+}
+
+static inline void value_unref(PolicyValue *v) {
+        if (v && v->refcount > 0 && --v->refcount == 0)
+                policy_value_free_last(v);
+}
+
 typedef enum PolicyOpcode {
         OPC_PUSH_CONST,         /* a: constant pool index */
         OPC_LOAD_LOCAL,         /* a: slot */
@@ -62,6 +117,29 @@ typedef struct PolicyCode {
         unsigned n_locals;      /* params included */
 } PolicyCode;
 
+/* Strings the VM writes into every action record, made once per
+ * generation (see policy_words). */
+typedef enum PolicyWord {
+        WORD_ACTION,
+        WORD_AT,
+        WORD_RECIPIENT,
+        WORD_OPTIONS,
+        WORD_LEVEL,
+        WORD_MESSAGE,
+        WORD_FIELDS,
+        WORD_NAME,
+        WORD_VALUE,
+        WORD_INDEX,
+        WORD_QUEUE,
+        WORD_LOG,
+        WORD_ADD_HEADER,
+        WORD_SET_HEADER,
+        WORD_DELETE_HEADER,
+        _WORD_MAX,
+} PolicyWord;
+
+extern const char *const policy_words[_WORD_MAX];
+
 typedef struct PolicyCacheSite {
         char *namespace;        /* NULL: "" */
         double ttl;             /* seconds; 0 = look up only, never store */
@@ -88,6 +166,7 @@ struct PolicyGeneration {
         size_t n_regexes, cap_regexes;
         PolicyCacheSite *cache_sites;
         size_t n_cache_sites;
+        PolicyValue *words[_WORD_MAX]; /* borrowed from consts; set by policy_compile() */
 };
 
 /* What the checker hands the compiler. */
@@ -116,10 +195,22 @@ int policy_eval_binary(PolicyOp op, PolicyValue *a, PolicyValue *b, PolicyValue 
 int policy_eval_index(PolicyValue *c, PolicyValue *key, PolicyValue **ret, char *err, size_t errsize);
 int policy_eval_concat(PolicyValue *const *parts, size_t n, PolicyValue **ret, char *err, size_t errsize);
 
-/* Cache internals used by the VM. Returns 1 on a hit (ret set), 0 on a miss. */
-int policy_cache_lookup(PolicyCache *c, const char *namespace, const char *function, const char *key,
+/* Cache internals used by the VM. An entry is found by two keyed digests
+ * of namespace, function and a canonical encoding of the selected
+ * arguments; no key text is built or kept. */
+typedef struct PolicyCacheKey {
+        uint64_t h, h2;
+} PolicyCacheKey;
+
+/* The key of a call: argument i is part of it when bit i of argv_mask is
+ * set (arguments past the 32nd always are). Two calls get the same key when
+ * the JSON of their selected arguments would be the same. */
+void policy_cache_key(const PolicyCache *c, const char *namespace, const char *function, PolicyValue *const *args,
+                      size_t argc, uint32_t argv_mask, PolicyCacheKey *ret);
+/* Returns 1 on a hit (ret set), 0 on a miss. */
+int policy_cache_lookup(PolicyCache *c, const char *namespace, const char *function, const PolicyCacheKey *key,
                         uint64_t now_usec, uint64_t generation, bool same_generation_only, PolicyValue **ret);
-int policy_cache_store(PolicyCache *c, const char *namespace, const char *function, const char *key,
+int policy_cache_store(PolicyCache *c, const char *namespace, const char *function, const PolicyCacheKey *key,
                        PolicyValue *value, uint64_t ttl_usec, unsigned size, uint64_t now_usec, uint64_t generation);
 
 extern const char *const policy_special_names[_SPECIAL_MAX];

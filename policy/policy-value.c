@@ -4,7 +4,7 @@
  * entry, so a foreach with a lookup per element stays linear. Entries are
  * never removed (the language has no unset), which keeps the index simple. */
 
-#include "policy-value.h"
+#include "policy-internal.h"
 
 #include <assert.h>
 #include <math.h>
@@ -13,44 +13,24 @@
 /* Below this many entries a linear scan beats hashing. */
 #define ARRAY_INDEX_MIN 8U
 
-typedef struct Entry {
-        PolicyValue *key;
-        PolicyValue *value;
-} Entry;
-
-struct PolicyValue {
-        unsigned refcount; /* 0: static singleton */
-        PolicyType type;
-        /* Nesting below this value (0 for scalars), kept at most
-         * POLICY_VALUE_DEPTH_MAX so freeing, comparing and converting, which
-         * recurse, have a bounded stack whatever a script builds. It only
-         * grows: replacing a deep element by a shallow one keeps it. */
-        unsigned depth;
-        size_t size;       /* see policy_value_size() */
-        union {
-                bool b;
-                double n;
-                struct {
-                        char *s;
-                        size_t len;
-                } str;
-                struct {
-                        Entry *entries;
-                        size_t n, cap;
-                        uint32_t *index; /* entry number + 1, 0 = free */
-                        size_t index_cap;
-                        double next_key;
-                } arr;
-                struct {
-                        char *class;
-                        PolicyValue *payload;
-                } obj;
-        };
-};
+typedef PolicyArrayEntry Entry;
 
 static PolicyValue value_none = { .refcount = 0, .type = POLICY_TYPE_NONE };
 static PolicyValue value_true = { .refcount = 0, .type = POLICY_TYPE_BOOL, .b = true };
 static PolicyValue value_false = { .refcount = 0, .type = POLICY_TYPE_BOOL, .b = false };
+
+/* The integers 0..255 are singletons too: array positions, counters,
+ * lengths and loop indexes are mostly small, and a run makes them without
+ * an allocation. Their size is what an allocated number's would be, so the
+ * memory budget counts the same. */
+#define SMALL_INTS 256
+#define SMALL_INT(i) { .refcount = 0, .type = POLICY_TYPE_NUMBER, .size = sizeof(PolicyValue), .n = (i) }
+#define SMALL_INT4(i) SMALL_INT(i), SMALL_INT(i + 1), SMALL_INT(i + 2), SMALL_INT(i + 3)
+#define SMALL_INT16(i) SMALL_INT4(i), SMALL_INT4(i + 4), SMALL_INT4(i + 8), SMALL_INT4(i + 12)
+#define SMALL_INT64(i) SMALL_INT16(i), SMALL_INT16(i + 16), SMALL_INT16(i + 32), SMALL_INT16(i + 48)
+static PolicyValue small_ints[SMALL_INTS] = {
+        SMALL_INT64(0), SMALL_INT64(64), SMALL_INT64(128), SMALL_INT64(192),
+};
 
 PolicyValue *policy_none(void) {
         return &value_none;
@@ -67,15 +47,12 @@ PolicyValue *policy_value_ref(PolicyValue *v) {
 }
 
 PolicyValue *policy_value_unref(PolicyValue *v) {
-        if (!v || v->refcount == 0)
-                return NULL;
-        if (--v->refcount > 0)
-                return NULL;
+        value_unref(v);
+        return NULL;
+}
 
+void policy_value_free_last(PolicyValue *v) {
         switch (v->type) {
-        case POLICY_TYPE_STRING:
-                free(v->str.s);
-                break;
         case POLICY_TYPE_ARRAY:
                 for (size_t i = 0; i < v->arr.n; i++) {
                         policy_value_unref(v->arr.entries[i].key);
@@ -92,7 +69,6 @@ PolicyValue *policy_value_unref(PolicyValue *v) {
                 break;
         }
         free(v);
-        return NULL;
 }
 
 PolicyType policy_value_type(const PolicyValue *v) {
@@ -112,12 +88,16 @@ const char *policy_type_name(PolicyType t) {
 }
 
 static PolicyValue *value_alloc(PolicyType t) {
-        PolicyValue *v = calloc(1, sizeof *v);
+        /* Not calloc(): glibc's calloc() bypasses the thread cache, and a
+         * run makes and drops values all the time. */
+        PolicyValue *v = malloc(sizeof *v);
         if (!v)
                 return NULL;
-        v->refcount = 1;
-        v->type = t;
-        v->size = sizeof *v;
+        *v = (PolicyValue) {
+                .refcount = 1,
+                .type = t,
+                .size = sizeof *v,
+        };
         return v;
 }
 
@@ -130,28 +110,38 @@ static size_t size_add(size_t a, size_t b) {
 }
 
 PolicyValue *policy_number_new(double d) {
+        /* -0 stays an allocated number: 1 / -0 is -inf. */
+        if (d >= 0 && d < SMALL_INTS && d == (double) (unsigned) d && !signbit(d))
+                return &small_ints[(unsigned) d];
         PolicyValue *v = value_alloc(POLICY_TYPE_NUMBER);
         if (v)
                 v->n = d;
         return v;
 }
 
-PolicyValue *policy_string_new(const void *p, size_t n) {
+PolicyValue *policy_string_new_buffer(size_t n, char **ret_buf) {
         if (n > POLICY_STRING_MAX)
                 return NULL;
-        PolicyValue *v = value_alloc(POLICY_TYPE_STRING);
+        /* One allocation for the value and its bytes. */
+        PolicyValue *v = malloc(sizeof *v + n + 1);
         if (!v)
                 return NULL;
-        v->str.s = malloc(n + 1);
-        if (!v->str.s) {
-                free(v);
-                return NULL;
-        }
-        if (n > 0)
-                memcpy(v->str.s, p, n);
+        *v = (PolicyValue) {
+                .refcount = 1,
+                .type = POLICY_TYPE_STRING,
+                .size = sizeof *v + n + 1,
+                .str = { .s = (char *) (v + 1), .len = n },
+        };
         v->str.s[n] = 0;
-        v->str.len = n;
-        v->size += n + 1;
+        *ret_buf = v->str.s;
+        return v;
+}
+
+PolicyValue *policy_string_new(const void *p, size_t n) {
+        char *buf;
+        PolicyValue *v = policy_string_new_buffer(n, &buf);
+        if (v && n > 0)
+                memcpy(buf, p, n);
         return v;
 }
 
@@ -172,7 +162,7 @@ PolicyValue *policy_object_new(const char *class, PolicyValue *payload) {
                 free(v);
                 return NULL;
         }
-        v->obj.payload = policy_value_ref(payload ?: policy_none());
+        v->obj.payload = value_ref(payload ?: policy_none());
         v->depth = v->obj.payload->depth + 1;
         v->size = size_add(v->size, v->obj.payload->size);
         if (v->depth > POLICY_VALUE_DEPTH_MAX)
@@ -208,7 +198,7 @@ PolicyValue *policy_object_payload(const PolicyValue *v) {
 }
 
 bool policy_value_truthy(const PolicyValue *v) {
-        switch (policy_value_type(v)) {
+        switch (value_type(v)) {
         case POLICY_TYPE_NONE:
                 return false;
         case POLICY_TYPE_BOOL:
@@ -227,7 +217,7 @@ bool policy_value_truthy(const PolicyValue *v) {
 bool policy_value_equal(const PolicyValue *a, const PolicyValue *b) {
         if (a == b)
                 return true;
-        if (policy_value_type(a) != policy_value_type(b))
+        if (value_type(a) != value_type(b))
                 return false;
         switch (a->type) {
         case POLICY_TYPE_NONE:
@@ -256,7 +246,7 @@ bool policy_value_equal(const PolicyValue *a, const PolicyValue *b) {
 /* ---- Arrays ------------------------------------------------------------ */
 
 bool policy_key_valid(const PolicyValue *key) {
-        switch (policy_value_type(key)) {
+        switch (value_type(key)) {
         case POLICY_TYPE_STRING:
                 return true;
         case POLICY_TYPE_NUMBER:
@@ -330,7 +320,7 @@ static ssize_t array_find(const PolicyValue *a, const PolicyValue *key) {
 }
 
 size_t policy_array_size(const PolicyValue *a) {
-        return policy_value_type(a) == POLICY_TYPE_ARRAY ? a->arr.n : 0;
+        return value_type(a) == POLICY_TYPE_ARRAY ? a->arr.n : 0;
 }
 
 PolicyValue *policy_array_key_at(const PolicyValue *a, size_t i) {
@@ -344,13 +334,15 @@ PolicyValue *policy_array_value_at(const PolicyValue *a, size_t i) {
 }
 
 PolicyValue *policy_array_get(const PolicyValue *a, const PolicyValue *key) {
-        if (policy_value_type(a) != POLICY_TYPE_ARRAY || !policy_key_valid(key))
+        if (value_type(a) != POLICY_TYPE_ARRAY || !policy_key_valid(key))
                 return NULL;
         ssize_t i = array_find(a, key);
         return i < 0 ? NULL : a->arr.entries[i].value;
 }
 
 PolicyValue *policy_array_get_str(const PolicyValue *a, const char *key) {
+        if (value_type(a) != POLICY_TYPE_ARRAY || a->arr.n == 0)
+                return NULL; /* e.g. a verdict without options: no strlen() */
         PolicyValue k = {
                 .refcount = 0,
                 .type = POLICY_TYPE_STRING,
@@ -373,7 +365,7 @@ int policy_array_set(PolicyValue *a, PolicyValue *key, PolicyValue *value) {
                 size_t old = a->arr.entries[i].value->size;
                 a->size = size_add(a->size >= old ? a->size - old : 0, value->size);
                 policy_value_unref(a->arr.entries[i].value);
-                a->arr.entries[i].value = policy_value_ref(value);
+                a->arr.entries[i].value = value_ref(value);
                 return 0;
         }
         if (a->arr.n >= POLICY_ARRAY_MAX)
@@ -386,7 +378,7 @@ int policy_array_set(PolicyValue *a, PolicyValue *key, PolicyValue *value) {
                 a->arr.entries = e;
                 a->arr.cap = cap;
         }
-        a->arr.entries[a->arr.n++] = (Entry) { policy_value_ref(key), policy_value_ref(value) };
+        a->arr.entries[a->arr.n++] = (Entry) { value_ref(key), value_ref(value) };
         a->size = size_add(a->size, size_add(sizeof(Entry), size_add(key->size, value->size)));
         if (key->type == POLICY_TYPE_NUMBER && key->n >= a->arr.next_key)
                 a->arr.next_key = key->n + 1;
@@ -443,8 +435,8 @@ int policy_array_unshare(PolicyValue **a) {
         n->arr.cap = MAX(old->arr.n, (size_t) 1);
         for (size_t i = 0; i < old->arr.n; i++)
                 n->arr.entries[i] = (Entry) {
-                        policy_value_ref(old->arr.entries[i].key),
-                        policy_value_ref(old->arr.entries[i].value),
+                        value_ref(old->arr.entries[i].key),
+                        value_ref(old->arr.entries[i].value),
                 };
         n->arr.n = old->arr.n;
         n->arr.next_key = old->arr.next_key;
@@ -465,9 +457,18 @@ int policy_array_unshare(PolicyValue **a) {
 /* ---- Strings ------------------------------------------------------------ */
 
 void policy_number_format(double d, char buf[static 32]) {
-        if (isfinite(d) && d == floor(d) && fabs(d) < 1e15)
-                snprintf(buf, 32, "%.0f", d == 0 ? 0.0 : d); /* no "-0" */
-        else if (isnan(d))
+        if (isfinite(d) && d == floor(d) && fabs(d) < 1e15) {
+                /* What "%.0f" prints, without printf: exact below 2^53; no "-0". */
+                char tmp[24], *e = tmp + sizeof tmp, *q = e;
+                uint64_t u = (uint64_t) fabs(d);
+                do
+                        *--q = (char) ('0' + u % 10);
+                while ((u /= 10) > 0);
+                if (d < 0)
+                        *--q = '-';
+                memcpy(buf, q, (size_t) (e - q));
+                buf[e - q] = 0;
+        } else if (isnan(d))
                 snprintf(buf, 32, "nan");
         else
                 snprintf(buf, 32, "%.17g", d);
@@ -476,7 +477,7 @@ void policy_number_format(double d, char buf[static 32]) {
 int policy_value_to_string(PolicyValue *v, PolicyValue **ret) {
         char buf[32];
 
-        switch (policy_value_type(v)) {
+        switch (value_type(v)) {
         case POLICY_TYPE_NONE:
                 *ret = policy_string_new("", 0);
                 break;
@@ -488,7 +489,7 @@ int policy_value_to_string(PolicyValue *v, PolicyValue **ret) {
                 *ret = policy_string_new_cstr(buf);
                 break;
         case POLICY_TYPE_STRING:
-                *ret = policy_value_ref(v);
+                *ret = value_ref(v);
                 break;
         default:
                 return -EINVAL;
@@ -514,7 +515,7 @@ static int to_json(const PolicyValue *v, unsigned depth, json_object **ret) {
         if (depth > POLICY_JSON_DEPTH_MAX * 4)
                 return -ELOOP;
 
-        switch (policy_value_type(v)) {
+        switch (value_type(v)) {
         case POLICY_TYPE_NONE:
                 *ret = NULL;
                 return 0;

@@ -70,6 +70,9 @@ PolicyValue *policy_bool(bool b);
 PolicyValue *policy_number_new(double d);
 PolicyValue *policy_string_new(const void *p, size_t n);
 PolicyValue *policy_string_new_cstr(const char *s);
+/* A new string of n bytes that the caller fills in through *ret_buf before
+ * handing the value on (the NUL after them is written already). */
+PolicyValue *policy_string_new_buffer(size_t n, char **ret_buf);
 PolicyValue *policy_array_new(void);
 /* class is copied; payload is referenced (may be NULL = none). NULL also
  * when the payload is nested too deeply. */

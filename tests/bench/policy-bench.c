@@ -84,8 +84,15 @@ static int run_once(PolicyGeneration *g, PolicyPhase phase, const PolicyRunParam
                 if (r < 0)
                         break;
         }
-        const PolicyResult *res = policy_run_result(run);
-        if (r >= 0 && res->failed) {
+        /* A lookup without a mock leaves the run unfinished: no result. */
+        const PolicyResult *res = r >= 0 ? policy_run_result(run) : NULL;
+        if (!res) {
+                fprintf(stderr, "%s: %s\n", policy_phase_to_string(phase),
+                        r < 0 ? strerror(-r) : "the run did not finish");
+                policy_run_free(run);
+                return r < 0 ? r : -EINVAL;
+        }
+        if (res->failed) {
                 fprintf(stderr, "%s: %s\n", policy_phase_to_string(phase), res->error ?: "failed");
                 r = -EINVAL;
         }
