@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -225,6 +226,15 @@ int daemon_new(sd_event *e, const DaemonCallbacks *cb, void *userdata, Daemon **
         if (cb)
                 d->cb = *cb;
         d->userdata = userdata;
+
+        /* systemd starts services with a soft limit of 1024 fds (for
+         * select() users) and a high hard limit; an epoll server with
+         * thousands of connections raises its own soft limit. */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
 
         /* sd-event in 252 takes signals via signalfd and needs them blocked. */
         sigemptyset(&mask);
