@@ -49,7 +49,7 @@ struct HttpClient {
 struct HttpRequest {
         HttpClient *client;
         CURL *easy;
-        struct curl_slist *headers, *resolve;
+        struct curl_slist *headers, *resolve, *connect_to;
         char *body;                      /* the request body, copied */
         char *data;                      /* the response body */
         size_t data_len, data_cap, max_size;
@@ -126,6 +126,8 @@ static void request_free(HttpRequest *r) {
                 c->api.slist_free_all(r->headers);
         if (r->resolve)
                 c->api.slist_free_all(r->resolve);
+        if (r->connect_to)
+                c->api.slist_free_all(r->connect_to);
         free(r->body);
         free(r->data);
         free(r);
@@ -332,6 +334,17 @@ static bool method_valid(const char *m) {
         return false;
 }
 
+/* Appends a NULL-terminated list (NULL: none) to *l. */
+static int slist_append_all(CurlApi *api, struct curl_slist **l, const char *const *strv) {
+        for (size_t i = 0; strv && strv[i]; i++) {
+                struct curl_slist *n = api->slist_append(*l, strv[i]);
+                if (!n)
+                        return -ENOMEM;
+                *l = n;
+        }
+        return 0;
+}
+
 int http_request_start(HttpClient *c, const HttpRequestOptions *o, HttpCallback cb, void *userdata, HttpRequest **ret) {
         const char *method = o->method ?: o->body ? "POST" : "GET";
         int r;
@@ -374,13 +387,10 @@ int http_request_start(HttpClient *c, const HttpRequestOptions *o, HttpCallback 
                 }
                 req->headers = l;
         }
-        for (size_t i = 0; o->resolve && o->resolve[i]; i++) {
-                struct curl_slist *l = api->slist_append(req->resolve, o->resolve[i]);
-                if (!l) {
-                        request_free(req);
-                        return -ENOMEM;
-                }
-                req->resolve = l;
+        if (slist_append_all(api, &req->resolve, o->resolve) < 0 ||
+            slist_append_all(api, &req->connect_to, o->connect_to) < 0) {
+                request_free(req);
+                return -ENOMEM;
         }
         uint64_t timeout_ms = (o->timeout_usec ?: HTTP_TIMEOUT_DEFAULT_USEC) / 1000;
         CURL *e = req->easy;
@@ -400,6 +410,8 @@ int http_request_start(HttpClient *c, const HttpRequestOptions *o, HttpCallback 
                 api->easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
         if (req->resolve)
                 api->easy_setopt(e, CURLOPT_RESOLVE, req->resolve);
+        if (req->connect_to)
+                api->easy_setopt(e, CURLOPT_CONNECT_TO, req->connect_to);
         if (o->insecure) {
                 api->easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
                 api->easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);

@@ -14,7 +14,10 @@
  * status and Location header come back). Name resolution: the caller may
  * pass the addresses (resolve, in CURLOPT_RESOLVE's "host:port:addr"
  * form) so that DNS goes through its own resolver; otherwise libcurl
- * resolves (its threaded resolver, off the loop).
+ * resolves (its threaded resolver, off the loop). connect_to (in
+ * CURLOPT_CONNECT_TO's "host:port:connect-host:connect-port" form) sends
+ * a connection elsewhere while the URL's name stays the one TLS checks:
+ * tests use it to reach a local endpoint under a real-looking name.
  *
  * Ownership: the client owns its requests; the options are copied at
  * start; the response passed to a callback is valid during the call only.
@@ -45,6 +48,7 @@ typedef struct HttpRequestOptions {
         bool insecure;                      /* no TLS certificate/name verification */
         const char *ca_file;                /* trust anchors; NULL: the system store */
         const char *const *resolve;         /* "host:port:addr[,addr]" entries, NULL-terminated, or NULL */
+        const char *const *connect_to;      /* "host:port:connect-host:connect-port" entries, NULL-terminated, or NULL */
 } HttpRequestOptions;
 
 typedef struct HttpResponse {

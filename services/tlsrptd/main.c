@@ -289,7 +289,7 @@ int main(int argc, char **argv) {
                 return log_error_errno(r, "Failed to set up the DNS resolver: %m"), 1;
         r = https_setup(&m);
         if (r < 0)
-                return log_error_errno(r, "Failed to set up libcurl: %m"), 1;
+                return log_error_errno(r, "Failed to set up the HTTP client: %m"), 1;
         /* Reports first: they say which days were reported already. */
         r = reports_load(&m);
         if (r < 0)

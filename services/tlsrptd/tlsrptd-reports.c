@@ -14,8 +14,8 @@
  * keep the one record starting "v=TLSRPTv1;", and send to each of its rua
  * (at most TLSRPT_RUA_MAX): mailto: as a multipart/report message handed to
  * halyard-queued (Enqueue, content as a memfd, tlsReport: true), https: as
- * a POST of application/tlsrpt+gzip with libcurl's multi interface on the
- * event loop. A failed attempt is retried with exponential backoff
+ * a POST of application/tlsrpt+gzip through shared/http (libcurl on the
+ * event loop). A failed attempt is retried with exponential backoff
  * (RetryInitial= doubling up to RetryMax=) and dropped GiveUpAfter= (a day)
  * after the first attempt, with a journal entry either way.
  *
@@ -29,7 +29,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -207,15 +206,7 @@ now:
 
 static void dest_done(ReportDest *d) {
         d->timer = sd_event_source_disable_unref(d->timer);
-        if (d->easy) {
-                curl_multi_remove_handle(d->report->manager->curl, d->easy);
-                curl_easy_cleanup(d->easy);
-                d->easy = NULL;
-        }
-        curl_slist_free_all(d->headers);
-        d->headers = NULL;
-        curl_slist_free_all(d->connect_to);
-        d->connect_to = NULL;
+        http_request_cancel(TAKE_PTR(d->http));
         if (d->link) {
                 Varlink *l = TAKE_PTR(d->link);
                 varlink_close(l);
@@ -765,164 +756,54 @@ static int read_outbox(Manager *m, const char *uid, uint8_t **ret, size_t *ret_n
         return 0;
 }
 
-/* ---- https: with libcurl multi on sd-event ------------------------------------------ */
+/* ---- https: through shared/http ---------------------------------------------------- */
 
-static void curl_check_done(Manager *m) {
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(m->curl, &left))) {
-                if (msg->msg != CURLMSG_DONE)
-                        continue;
-                CURL *e = msg->easy_handle;
-                CURLcode res = msg->data.result;
-                ReportDest *d = NULL;
-                long code = 0;
-                curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **) &d);
-                curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
-                curl_multi_remove_handle(m->curl, e);
-                curl_easy_cleanup(e);
-                if (!d)
-                        continue;
-                d->easy = NULL;
-                curl_slist_free_all(d->headers);
-                d->headers = NULL;
-                curl_slist_free_all(d->connect_to);
-                d->connect_to = NULL;
-                free(d->message);
-                d->message = NULL;
-                char detail[300];
-                if (res != CURLE_OK) {
-                        snprintf(detail, sizeof detail, "%s", curl_easy_strerror(res));
-                        dest_outcome(d, DEST_DELIVERED, false, false, detail);
-                } else if (code >= 200 && code < 300) {
-                        snprintf(detail, sizeof detail, "HTTP %ld", code);
-                        dest_outcome(d, DEST_DELIVERED, true, false, detail);
-                } else {
-                        snprintf(detail, sizeof detail, "HTTP %ld", code);
-                        dest_outcome(d, DEST_DELIVERED, false, false, detail);
-                }
-        }
-}
+static void on_https_done(HttpRequest *req, const HttpResponse *resp, void *userdata) {
+        ReportDest *d = userdata;
+        Manager *m = d->report->manager;
+        char detail[300];
 
-static int on_curl_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Manager *m = userdata;
-        int action = 0, running;
-        if (revents & EPOLLIN)
-                action |= CURL_CSELECT_IN;
-        if (revents & EPOLLOUT)
-                action |= CURL_CSELECT_OUT;
-        if (revents & (EPOLLERR | EPOLLHUP))
-                action |= CURL_CSELECT_ERR;
-        curl_multi_socket_action(m->curl, fd, action, &running);
-        curl_check_done(m);
-        return 0;
-}
-
-static int curl_socket_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *socketp) {
-        Manager *m = userp;
-        sd_event_source *src = socketp;
-        if (what == CURL_POLL_REMOVE) {
-                sd_event_source_disable_unref(src);
-                curl_multi_assign(m->curl, fd, NULL);
-                return 0;
-        }
-        uint32_t events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-        if (src)
-                return sd_event_source_set_io_events(src, events) < 0 ? -1 : 0;
-        if (sd_event_add_io(m->event, &src, fd, events, on_curl_io, m) < 0)
-                return -1;
-        curl_multi_assign(m->curl, fd, src);
-        return 0;
-}
-
-static int on_curl_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-        int running;
-        curl_multi_socket_action(m->curl, CURL_SOCKET_TIMEOUT, 0, &running);
-        curl_check_done(m);
-        return 0;
-}
-
-static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
-        Manager *m = userp;
-        if (timeout_ms < 0)
-                return sd_event_source_set_enabled(m->curl_timer, SD_EVENT_OFF) < 0 ? -1 : 0;
-        uint64_t now;
-        if (sd_event_now(m->event, CLOCK_MONOTONIC, &now) < 0 ||
-            sd_event_source_set_time(m->curl_timer, now + (uint64_t) timeout_ms * 1000ULL) < 0 ||
-            sd_event_source_set_enabled(m->curl_timer, SD_EVENT_ONESHOT) < 0)
-                return -1;
-        return 0;
+        d->http = NULL;
+        if (resp->result == -ETIMEDOUT)
+                snprintf(detail, sizeof detail, "%s after %llus", resp->error ?: "timeout",
+                         (unsigned long long) (m->settings.https_timeout_usec / 1000000));
+        else if (resp->result < 0)
+                snprintf(detail, sizeof detail, "%s", resp->error ?: strerror(-resp->result));
+        else
+                snprintf(detail, sizeof detail, "HTTP %ld", resp->status);
+        dest_outcome(d, DEST_DELIVERED, resp->result == 0 && resp->status >= 200 && resp->status < 300, false, detail);
 }
 
 int https_setup(Manager *m) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-                return -EIO;
-        m->curl = curl_multi_init();
-        if (!m->curl)
-                return -ENOMEM;
-        int r = sd_event_add_time(m->event, &m->curl_timer, CLOCK_MONOTONIC, UINT64_MAX, 0, on_curl_timer, m);
-        if (r < 0)
-                return r;
-        (void) sd_event_source_set_enabled(m->curl_timer, SD_EVENT_OFF);
-        curl_multi_setopt(m->curl, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
-        curl_multi_setopt(m->curl, CURLMOPT_SOCKETDATA, m);
-        curl_multi_setopt(m->curl, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
-        curl_multi_setopt(m->curl, CURLMOPT_TIMERDATA, m);
-        curl_multi_setopt(m->curl, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long) INFLIGHT_MAX);
-        return 0;
+        return http_client_new(m->event, &m->http);
 }
 
 void https_free(Manager *m) {
-        if (m->curl)
-                curl_multi_cleanup(m->curl);
-        m->curl = NULL;
-        m->curl_timer = sd_event_source_disable_unref(m->curl_timer);
-        curl_global_cleanup();
+        m->http = http_client_free(m->http);
 }
 
-static void https_post(ReportDest *d) {
+static void https_post(ReportDest *d, const uint8_t *gz, size_t gz_len) {
         Manager *m = d->report->manager;
-        CURL *e = curl_easy_init();
-        struct curl_slist *h = NULL;
         char ua[64];
-        if (!e) {
-                dest_outcome(d, DEST_DELIVERED, false, false, "out of memory");
-                return;
-        }
-        h = curl_slist_append(h, "Content-Type: application/tlsrpt+gzip");
         snprintf(ua, sizeof ua, "User-Agent: halyard-tlsrptd/%s", HALYARD_VERSION);
-        h = curl_slist_append(h, ua);
-        h = curl_slist_append(h, "Expect:");
-        d->headers = h;
-        curl_easy_setopt(e, CURLOPT_URL, d->uri);
-        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
-        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_POST, 1L);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, d->message);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) d->message_len);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) (m->settings.https_timeout_usec / 1000));
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) MIN(m->settings.https_timeout_usec / 1000, 30000ULL));
-        curl_easy_setopt(e, CURLOPT_MAXFILESIZE, 1024L * 1024L); /* the answer body is not wanted */
-        curl_easy_setopt(e, CURLOPT_PRIVATE, d);
-        if (m->settings.test_ca_file)
-                curl_easy_setopt(e, CURLOPT_CAINFO, m->settings.test_ca_file);
-        for (char **c = m->settings.test_connect_to; c && *c; c++)
-                d->connect_to = curl_slist_append(d->connect_to, *c);
-        if (d->connect_to)
-                curl_easy_setopt(e, CURLOPT_CONNECT_TO, d->connect_to);
-        d->easy = e;
-        if (curl_multi_add_handle(m->curl, e) != CURLM_OK) {
-                curl_easy_cleanup(e);
-                d->easy = NULL;
-                curl_slist_free_all(d->headers);
-                d->headers = NULL;
-                curl_slist_free_all(d->connect_to);
-                d->connect_to = NULL;
-                dest_outcome(d, DEST_DELIVERED, false, false, "cannot start the request");
-        }
+        /* "Expect:" stops libcurl's 100-continue wait before the body. */
+        const char *const headers[] = { "Content-Type: application/tlsrpt+gzip", ua, "Expect:", NULL };
+        HttpRequestOptions o = {
+                .url = d->uri,
+                .method = "POST",
+                .headers = headers,
+                .body = gz,
+                .body_len = gz_len,
+                .timeout_usec = m->settings.https_timeout_usec,
+                .max_size = 1024 * 1024, /* the answer body is not wanted */
+                .ca_file = m->settings.test_ca_file,
+                .connect_to = (const char *const *) m->settings.test_connect_to,
+        };
+        /* The request copies the body. */
+        int r = http_request_start(m->http, &o, on_https_done, d, &d->http);
+        if (r < 0)
+                dest_outcome(d, DEST_DELIVERED, false, false,
+                             r == -EOPNOTSUPP ? "https needs libcurl, which cannot be loaded" : "cannot start the request");
 }
 
 /* ---- one attempt --------------------------------------------------------------- */
@@ -966,9 +847,7 @@ static void dest_attempt(ReportDest *d) {
         free(d->message);
         d->message = NULL;
         if (strncasecmp(d->uri, "https://", 8) == 0) {
-                d->message = (char *) TAKE_PTR(gz);
-                d->message_len = gz_len;
-                https_post(d);
+                https_post(d, gz, gz_len);
                 return;
         }
         _cleanup_free_ char *to = NULL, *filename = NULL, *msgid = NULL;

@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-#include <curl/curl.h>
 #include <json-c/json.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -10,6 +9,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "dns.h"
+#include "http.h"
 #include "tlsrpt-report.h"
 #include "tlsrpt-store.h"
 #include "varlink.h"
@@ -44,7 +44,7 @@ typedef struct Settings {
         uint64_t retry_max_usec;
         uint64_t give_up_usec;     /* drop a destination this long after its first attempt */
         char *test_ca_file;        /* tests only: CA bundle for https rua */
-        char **test_connect_to;    /* tests only: CURLOPT_CONNECT_TO entries */
+        char **test_connect_to;    /* tests only: HttpRequestOptions.connect_to entries */
 } Settings;
 
 typedef struct JournalFile {
@@ -92,9 +92,7 @@ typedef struct ReportDest {
         bool counted;            /* its first outcome was counted for the batch */
         bool omit_tls_report;    /* this attempt: Enqueue refused tlsReport (an older queued) */
         sd_event_source *timer;
-        CURL *easy;
-        struct curl_slist *headers;
-        struct curl_slist *connect_to;
+        HttpRequest *http;       /* https POST in flight */
         Varlink *link;           /* queue or arcd call in flight */
         char *message;           /* the report message (mailto), while an attempt runs */
         size_t message_len;
@@ -156,8 +154,7 @@ typedef struct Manager {
         sd_event_source *save_timer;
 
         DnsResolver *resolver;
-        CURLM *curl;
-        sd_event_source *curl_timer;
+        HttpClient *http;
 } Manager;
 
 extern const ConfigKey tlsrptd_config_keys[];

@@ -2,8 +2,9 @@
 /* shared/http: URL encoding, and requests through libcurl on sd-event
  * against a scripted HTTP peer (a thread): status and body of an answer,
  * a POST with headers as the peer received it, the body cap, the
- * timeout, refused connections, bad URLs and cancellation. Skipped
- * (but still passing) where libcurl cannot be loaded. */
+ * timeout, refused connections, bad URLs, cancellation, and connect_to
+ * (another address under the URL's name). Skipped (but still passing)
+ * where libcurl cannot be loaded. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -197,6 +198,42 @@ TEST(limits_and_failures) {
         http_client_free(c);
         ASSERT_FALSE(o.done);
         sd_event_unref(e);
+}
+
+/* connect_to sends the connection to the peer while the URL, and so the
+ * Host: header (and TLS's name), keep a name that does not resolve. */
+TEST(connect_to) {
+        Peer p;
+        Outcome o = {};
+        sd_event *e = NULL;
+        HttpClient *c = NULL;
+        char entry[96];
+
+        peer_start(&p, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        snprintf(entry, sizeof entry, "report.halyard.invalid:8443:127.0.0.1:%u", p.port);
+        const char *const connect_to[] = { "other.invalid:80:127.0.0.1:9", entry, NULL };
+        ASSERT_OK(sd_event_new(&e));
+        ASSERT_OK(http_client_new(e, &c));
+        HttpRequestOptions opts = { .url = "http://report.halyard.invalid:8443/r", .connect_to = connect_to };
+        int r = http_request_start(c, &opts, on_done, &o, NULL);
+        if (r == -EOPNOTSUPP) { /* no libcurl here */
+                http_client_free(c);
+                sd_event_unref(e);
+                peer_stop(&p);
+                return;
+        }
+        ASSERT_OK(r);
+        for (int i = 0; i < 200 && !o.done; i++)
+                ASSERT_OK(sd_event_run(e, 100000));
+        http_client_free(c);
+        peer_stop(&p);
+        sd_event_unref(e);
+        ASSERT_TRUE(o.done);
+        ASSERT_EQ(o.result, 0);
+        ASSERT_EQ(o.status, 200);
+        ASSERT_STREQ(o.body, "ok");
+        ASSERT_TRUE(strncmp(p.request, "GET /r HTTP/1.1\r\n", 17) == 0);
+        ASSERT_TRUE(strcasestr(p.request, "\r\nHost: report.halyard.invalid:8443\r\n") != NULL);
 }
 
 int main(void) {
