@@ -237,6 +237,31 @@ static int bi_json_encode(PolicyBuiltinCtx *ctx, PolicyValue **a, size_t n, Poli
         return 0;
 }
 
+/* The map was read with the generation (the checker made sure the path is
+ * a constant, so it is the same string here). Keys are exact bytes:
+ * scripts lower() them themselves. */
+static int bi_file_lookup(PolicyBuiltinCtx *ctx, PolicyValue **a, size_t n, PolicyValue **ret) {
+        size_t name_len, key_len, len;
+        const char *name = policy_value_string(a[0], &name_len), *key, *value;
+
+        if (policy_value_type(a[1]) != POLICY_TYPE_STRING) {
+                *ret = policy_none();
+                return 0;
+        }
+        key = policy_value_string(a[1], &key_len);
+        if (!name)
+                return fail(ctx, "file_lookup() needs the map's path as a string");
+        int r = policy_generation_map_lookup(ctx->g, name, name_len, key, key_len, &value, &len);
+        if (r < 0)
+                return fail(ctx, "file_lookup(): no map %.100s was loaded with the policy", name);
+        if (r == 0) {
+                *ret = policy_none();
+                return 0;
+        }
+        *ret = policy_string_new(value, len);
+        return *ret ? 0 : -ENOMEM;
+}
+
 static int bi_now(PolicyBuiltinCtx *ctx, PolicyValue **a, size_t n, PolicyValue **ret) {
         return ret_value(policy_number_new(ctx->now), ret);
 }
@@ -596,7 +621,7 @@ static const PolicyBuiltin builtins[] = {
           .kind = POLICY_BUILTIN_EXTERNAL, .cacheable = true, .timeout_ms = 5000, .options_arg = 1,
           .options = opts_http, .returns = T_ARR },
         { .name = "file_lookup", .min_args = 2, .max_args = 2, .arg_types = { T_STR, T_STR | T_NONE },
-          .phases = PH_ALL, .kind = POLICY_BUILTIN_EXTERNAL, .cacheable = true, .timeout_ms = 1000, NOOPT,
+          .phases = PH_ALL, .kind = POLICY_BUILTIN_PURE, .cacheable = true, NOOPT, .fn = bi_file_lookup,
           .returns = T_STR | T_NONE },
         { .name = "passwd_verify", .min_args = 3, .max_args = 3, .arg_types = { T_STR, T_STR | T_NONE, T_STR | T_NONE },
           .phases = PH(AUTH), .kind = POLICY_BUILTIN_EXTERNAL, .timeout_ms = 2000, NOOPT, .returns = T_BOOL },

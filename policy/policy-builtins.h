@@ -13,8 +13,9 @@
  *    edits, log) for the embedder to apply at commit; they return none.
  *  - EXTERNAL builtins are handed to the embedder: the run SUSPENDS with a
  *    PolicyCall and is resumed with the answer (DNS, HTTP, arcd, spamd,
- *    rate, file_lookup, passwd_verify). An embedder that can answer at once
- *    (rate, file_lookup) simply resumes before stepping again.
+ *    rate, passwd_verify). An embedder that can answer at once (rate)
+ *    simply resumes before stepping again. file_lookup() is PURE: its maps
+ *    are read with the generation.
  *  - FINAL builtins are the verdicts; they end the handler. */
 
 #include <regex.h>
@@ -56,8 +57,15 @@ struct PolicyBuiltinCtx {
         const regex_t *regex;       /* needs_regex builtins */
         PolicyValue *connection;    /* borrowed facts */
         double now;                 /* wall clock, seconds since the epoch */
+        const struct PolicyGeneration *g; /* the run's: file_lookup() maps */
         char error[200];            /* set with a negative return */
 };
+
+/* file_lookup(): looks key up in the map the policy named `name` (the path
+ * as written), loaded with generation g. Returns 1 and the value (bytes
+ * owned by g) on a hit, 0 on a miss, -ENOENT when g has no such map. */
+int policy_generation_map_lookup(const struct PolicyGeneration *g, const char *name, size_t name_len, const char *key,
+                                 size_t key_len, const char **ret_value, size_t *ret_len);
 
 /* Functions: module may be NULL. */
 const PolicyBuiltin *policy_builtin_find(const char *module, const char *name);

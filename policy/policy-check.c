@@ -442,6 +442,37 @@ static void compile_regex(Checker *ck, PolicyNode *at, PolicyNode *lit, regex_t 
         *ret = re;
 }
 
+/* file_lookup(): maps are read with the generation, so the path must be
+ * known at load: a string literal or a constant. */
+static void check_map_path(Checker *ck, PolicyNode *call) {
+        PolicyNode *a = call->items[0];
+        PolicyValue *v = NULL;
+
+        if (a->kind == NODE_LITERAL)
+                v = a->value;
+        else if (a->kind == NODE_VAR && a->resolved == RESOLVE_CONST) {
+                if (ck->global_state[a->slot] == 3)
+                        return; /* the constant's error is reported */
+                v = ck->g->globals[a->slot];
+        }
+        if (policy_value_type(v) != POLICY_TYPE_STRING) {
+                error(ck, a, "file_lookup() needs the map's path as a literal string or a constant: "
+                             "maps are loaded with the policy");
+                return;
+        }
+        size_t len;
+        const char *path = policy_value_string(v, &len);
+        if (len == 0 || strlen(path) != len) {
+                error(ck, a, "invalid map path in file_lookup()");
+                return;
+        }
+        int r = policy_generation_add_map(ck->g, path, len, call->loc);
+        if (r == -E2BIG)
+                error(ck, call, "too many maps (at most %u)", POLICY_MAPS_MAX);
+        else if (r < 0)
+                ck->oom = r;
+}
+
 static void check_builtin_call(Checker *ck, PolicyNode *n, const PolicyBuiltin *b, bool method) {
         char name[96];
         size_t argc = n->n_items;
@@ -492,6 +523,8 @@ static void check_builtin_call(Checker *ck, PolicyNode *n, const PolicyBuiltin *
                       policy_value_string(n->items[0]->value, NULL));
         if (b->needs_regex && argc > 0)
                 compile_regex(ck, n, n->items[0], &n->regex);
+        if (!method && !b->module && strcmp(b->name, "file_lookup") == 0)
+                check_map_path(ck, n);
 
         /* The ARC seal signs the message as it is then: a later header edit
          * would break it. Checked in source order within one body. */

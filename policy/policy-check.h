@@ -16,7 +16,9 @@
  *            acyclic), break/continue outside foreach, return with a value
  *            from a handler, duplicate handlers/functions/constants,
  *            handlers outside the entry file, bad imports, const
- *            initialisers that are not constant;
+ *            initialisers that are not constant, a file_lookup() map path
+ *            that is not a string literal or constant (it registers the
+ *            map, which the loader then reads);
  *  warnings: code after a statement that always ends the handler, auth and
  *            rcptto handlers that can end without a verdict, a missing
  *            rcptto handler (the embedder's built-in relay control

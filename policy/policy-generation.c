@@ -86,6 +86,13 @@ static void generation_free(PolicyGeneration *g) {
         free(g->globals);
         free(g->regexes);
         free(g->cache_sites);
+        for (size_t i = 0; i < g->n_maps; i++) {
+                free(g->maps[i].name);
+                free(g->maps[i].path);
+                free(g->maps[i].text);
+                free(g->maps[i].slots);
+        }
+        free(g->maps);
         policy_arena_free(g->arena);
         free(g);
 }
@@ -189,6 +196,195 @@ static int add_file(PolicyGeneration *g, const char *path, bool entry, size_t *r
         }
         *ret_index = g->n_files++;
         return 0;
+}
+
+/* ---- file_lookup() maps ---------------------------------------------------- */
+
+/* FNV-1a: the table's contents come from the operator, not from mail, so
+ * a keyed hash buys nothing here. */
+static uint64_t map_hash(const char *p, size_t n) {
+        uint64_t h = 1469598103934665603ULL;
+        for (size_t i = 0; i < n; i++) {
+                h ^= (unsigned char) p[i];
+                h *= 1099511628211ULL;
+        }
+        return h;
+}
+
+int policy_generation_add_map(PolicyGeneration *g, const char *name, size_t name_len, PolicyLoc loc) {
+        for (size_t i = 0; i < g->n_maps; i++)
+                if (g->maps[i].name_len == name_len && memcmp(g->maps[i].name, name, name_len) == 0)
+                        return 0;
+        if (g->n_maps >= POLICY_MAPS_MAX)
+                return -E2BIG;
+        PolicyMap *q = reallocarray(g->maps, g->n_maps + 1, sizeof *q);
+        if (!q)
+                return -ENOMEM;
+        g->maps = q;
+
+        _cleanup_free_ char *n = strndup(name, name_len), *joined = NULL;
+        if (!n)
+                return -ENOMEM;
+        /* Like imports: relative to the entry file's directory. */
+        if (n[0] == '/')
+                joined = strdup(n);
+        else if (asprintf(&joined, "%s/%s", g->n_files > 0 ? g->files[0].dir : ".", n) < 0)
+                joined = NULL;
+        if (!joined)
+                return -ENOMEM;
+        char *norm = path_normalize(joined);
+        if (!norm)
+                return -ENOMEM;
+        int alias = -1;
+        for (size_t i = 0; i < g->n_maps && alias < 0; i++)
+                if (g->maps[i].alias < 0 && strcmp(g->maps[i].path, norm) == 0)
+                        alias = (int) i;
+        g->maps[g->n_maps++] = (PolicyMap) {
+                .name = TAKE_PTR(n),
+                .name_len = name_len,
+                .path = norm,
+                .loc = loc,
+                .alias = alias,
+        };
+        return 0;
+}
+
+static PolicyMapEntry *map_slot(PolicyMapEntry *slots, size_t cap, const char *key, size_t len, uint64_t h) {
+        for (size_t i = h & (cap - 1);; i = (i + 1) & (cap - 1)) {
+                PolicyMapEntry *e = &slots[i];
+                if (!e->key || (e->hash == h && e->key_len == len && memcmp(e->key, key, len) == 0))
+                        return e;
+        }
+}
+
+/* Adds an entry; returns 1 when the key was there already (the first one stays). */
+static int map_put(PolicyMap *m, const char *key, size_t klen, const char *value, size_t vlen) {
+        if ((m->n + 1) * 2 > m->cap) {
+                size_t cap = m->cap ? m->cap * 2 : 64;
+                PolicyMapEntry *slots = calloc(cap, sizeof *slots);
+                if (!slots)
+                        return -ENOMEM;
+                for (size_t i = 0; i < m->cap; i++)
+                        if (m->slots[i].key)
+                                *map_slot(slots, cap, m->slots[i].key, m->slots[i].key_len, m->slots[i].hash) = m->slots[i];
+                free(m->slots);
+                m->slots = slots;
+                m->cap = cap;
+        }
+        uint64_t h = map_hash(key, klen);
+        PolicyMapEntry *e = map_slot(m->slots, m->cap, key, klen, h);
+        if (e->key)
+                return 1;
+        *e = (PolicyMapEntry) {
+                .key = key,
+                .value = value,
+                .key_len = (uint32_t) klen,
+                .value_len = (uint32_t) vlen,
+                .hash = h,
+        };
+        m->n++;
+        return 0;
+}
+
+static bool map_blank(char c) {
+        return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* One `key value` per line; the key is the first word, the value the rest
+ * with surrounding blanks trimmed (possibly empty). Blank lines and lines
+ * starting with '#' are skipped. Errors and warnings point at MAP:LINE:1. */
+static int map_parse(PolicyMap *m, size_t len, PolicyDiags *diags) {
+        char *p = m->text, *end = m->text + len;
+        unsigned line = 0;
+        int r;
+
+        while (p < end) {
+                char *nl = memchr(p, '\n', (size_t) (end - p));
+                char *e = nl ?: end;
+                line++;
+                if ((size_t) (e - p) > POLICY_MAP_LINE_MAX) {
+                        policy_diags_add(diags, POLICY_DIAG_ERROR, m->path, line, 1, "line longer than %u bytes",
+                                         POLICY_MAP_LINE_MAX);
+                        return -EINVAL;
+                }
+                if (memchr(p, 0, (size_t) (e - p))) {
+                        policy_diags_add(diags, POLICY_DIAG_ERROR, m->path, line, 1, "NUL byte in map");
+                        return -EINVAL;
+                }
+                char *k = p;
+                p = e + 1;
+                while (k < e && map_blank(*k))
+                        k++;
+                if (k == e || *k == '#')
+                        continue;
+                char *ke = k;
+                while (ke < e && !map_blank(*ke))
+                        ke++;
+                char *v = ke, *ve = e;
+                while (v < ve && map_blank(*v))
+                        v++;
+                while (ve > v && map_blank(ve[-1]))
+                        ve--;
+                r = map_put(m, k, (size_t) (ke - k), v, (size_t) (ve - v));
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        policy_diags_add(diags, POLICY_DIAG_WARNING, m->path, line, 1,
+                                         "duplicate key '%.*s': the first one is used", (int) MIN(ke - k, 60), k);
+        }
+        return 0;
+}
+
+/* Reads every registered map once, through the same read_file as the
+ * policy files. A map that cannot be read is reported at the first call
+ * naming it. Returns 0, -EINVAL (diagnostics) or -ENOMEM. */
+static int load_maps(PolicyGeneration *g, PolicyReadFileFn read_file, void *userdata, PolicyDiags *diags) {
+        bool failed = false;
+        int r;
+
+        for (size_t i = 0; i < g->n_maps; i++) {
+                PolicyMap *m = &g->maps[i];
+                size_t len = 0;
+                if (m->alias >= 0)
+                        continue;
+                r = read_file(userdata, m->path, POLICY_MAP_SIZE_MAX, &m->text, &len);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0) {
+                        m->text = NULL;
+                        policy_diags_add(diags, POLICY_DIAG_ERROR, g->files[m->loc.file].path, m->loc.line, m->loc.col,
+                                         "cannot read map %s: %s%s", m->path, strerror(-r),
+                                         r == -EFBIG ? " (the limit is 16 MiB)" : "");
+                        failed = true;
+                        continue;
+                }
+                r = map_parse(m, len, diags);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0)
+                        failed = true;
+        }
+        return failed ? -EINVAL : 0;
+}
+
+int policy_generation_map_lookup(const PolicyGeneration *g, const char *name, size_t name_len, const char *key,
+                                 size_t key_len, const char **ret_value, size_t *ret_len) {
+        const PolicyMap *m = NULL;
+        for (size_t i = 0; g && i < g->n_maps && !m; i++)
+                if (g->maps[i].name_len == name_len && memcmp(g->maps[i].name, name, name_len) == 0)
+                        m = &g->maps[i];
+        if (!m)
+                return -ENOENT;
+        if (m->alias >= 0)
+                m = &g->maps[m->alias];
+        if (m->cap == 0)
+                return 0;
+        const PolicyMapEntry *e = map_slot(m->slots, m->cap, key, key_len, map_hash(key, key_len));
+        if (!e->key)
+                return 0;
+        *ret_value = e->value;
+        *ret_len = e->value_len;
+        return 1;
 }
 
 static int load(const char *path, const PolicyLoadOptions *opts, PolicyDiags *diags, PolicyGeneration **ret) {
@@ -300,6 +496,13 @@ static int load(const char *path, const PolicyLoadOptions *opts, PolicyDiags *di
                 return -EINVAL;
 
         r = policy_check(g, &prog, diags);
+        /* Maps are read even after check errors, so a bad map is reported
+         * along with them. */
+        if (r != -ENOMEM) {
+                int k = load_maps(g, read_file, opts->userdata, diags);
+                if (k == -ENOMEM || r >= 0)
+                        r = k;
+        }
         if (r >= 0)
                 r = policy_compile(g, &prog);
         policy_program_done(&prog);

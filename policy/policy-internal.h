@@ -149,6 +149,31 @@ typedef struct PolicyCacheSite {
         bool flush_on_reload;
 } PolicyCacheSite;
 
+/* A file_lookup() map, read with the generation. One per path as the
+ * policy wrote it (what the builtin receives at run time); names that
+ * resolve to the same file share the first one's table (alias). Keys and
+ * values point into text. */
+#define POLICY_MAP_SIZE_MAX (16U * 1024U * 1024U)
+#define POLICY_MAPS_MAX 32U
+#define POLICY_MAP_LINE_MAX 4096U
+
+typedef struct PolicyMapEntry {
+        const char *key, *value; /* NULL key: free slot */
+        uint32_t key_len, value_len;
+        uint64_t hash;
+} PolicyMapEntry;
+
+typedef struct PolicyMap {
+        char *name;             /* as written */
+        size_t name_len;
+        char *path;             /* resolved against the entry file's directory */
+        PolicyLoc loc;          /* the first file_lookup() naming it */
+        int alias;              /* index of the map holding the table, or -1 */
+        char *text;
+        PolicyMapEntry *slots;
+        size_t cap, n;
+} PolicyMap;
+
 struct PolicyGeneration {
         unsigned refcount;
         uint64_t id;
@@ -167,7 +192,14 @@ struct PolicyGeneration {
         PolicyCacheSite *cache_sites;
         size_t n_cache_sites;
         PolicyValue *words[_WORD_MAX]; /* borrowed from consts; set by policy_compile() */
+        PolicyMap *maps;         /* registered by the checker, read by the loader */
+        size_t n_maps;
 };
+
+/* The checker registers the map a file_lookup() at loc names (name: the
+ * constant path as written). Returns 0, -E2BIG past POLICY_MAPS_MAX, or
+ * -ENOMEM. */
+int policy_generation_add_map(PolicyGeneration *g, const char *name, size_t name_len, PolicyLoc loc);
 
 /* What the checker hands the compiler. */
 typedef struct PolicyProgram {

@@ -903,6 +903,7 @@ static int call_builtin(PolicyRun *r, const PolicyInsn *in) {
                 PolicyBuiltinCtx ctx;
                 ctx.regex = in->d >= 0 && (size_t) in->d < r->g->n_regexes ? r->g->regexes[in->d] : NULL;
                 ctx.connection = r->special[SPECIAL_CONNECTION];
+                ctx.g = r->g;
                 /* Only now() reads the wall clock: no clock_gettime() per call. */
                 ctx.now = !b->module && !b->receiver && strcmp(b->name, "now") == 0 ? r->wall_clock(r->clock_userdata) : 0;
                 ctx.error[0] = 0;

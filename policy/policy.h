@@ -61,7 +61,7 @@ typedef struct PolicyCache PolicyCache;
 typedef int (*PolicyReadFileFn)(void *userdata, const char *path, size_t max, char **ret_text, size_t *ret_len);
 
 typedef struct PolicyLoadOptions {
-        PolicyReadFileFn read_file; /* NULL: the file system */
+        PolicyReadFileFn read_file; /* policy files and file_lookup() maps; NULL: the file system */
         void *userdata;
         uint64_t generation_id;     /* carried into results and cache entries; 0 → 1 */
 } PolicyLoadOptions;
