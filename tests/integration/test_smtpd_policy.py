@@ -34,6 +34,7 @@ from test_smtpd import MESSAGE, SMTPD, Raw, Smtpd, b64, make_server_cert, spool_
 POLICY = r'''
 // The integration test's policy: one rule per behaviour under test.
 const $PARTNERS = ["partner.example"];
+const $GONE = "gone.map";   // next to this file, loaded with the policy
 
 on connect {
     $bl = cache [ttl => 60, size => 100, namespace => "dnsbl"]
@@ -66,6 +67,9 @@ on rcptto {
     $rcpt = $arguments["address"];
     if ($rcpt["localpart"] == "blackhole")
         Reject("No such user", [code => 550, enhanced => [5, 1, 1]]);
+    $moved = file_lookup($GONE, lower($rcpt["address"]));
+    if ($moved != none)
+        Reject("User has moved to $moved", [code => 551, enhanced => [5, 1, 6]]);
     if ($rcpt["localpart"] == "limited" and rate("limited", $connection["remoteip"], 2, 60) == false)
         Defer("Too many recipients, slow down", [code => 452, enhanced => [4, 5, 3]]);
     if ($rcpt["domain"] in $PARTNERS)
@@ -106,6 +110,7 @@ class PolicyTest(unittest.TestCase):
         cls.dns = DnsFixture(cls.tmp)
         cls.q = Queued(cls.tmp).start()
         cls.policy = cls.tmp / "policy.hal"
+        (cls.tmp / "gone.map").write_text("# users who left\nold@example.org new@elsewhere.example\n")
         cls.policy.write_text(POLICY)
         # [Smtpd] last: the helper appends Queue= to the file.
         config = ("[DNS]\nForwarders=%s\nTrustAnchor=%s\nTransparentZones=halyard.test\nTimeout=5s\n"
@@ -212,6 +217,13 @@ class PolicyTest(unittest.TestCase):
             self.assertEqual(s.rcpt("bob@partner.example")[0], 250)
             self.assertEqual(s.rcpt("carol@foreign.example"), (554, b"5.7.1 Relay access denied"))
             self.assertEqual(s.rcpt("dave@example.org")[0], 250)
+
+    def test_file_lookup(self):
+        with self.connect() as s:
+            s.ehlo("client.test")
+            s.mail("alice@client.test")
+            self.assertEqual(s.rcpt("Old@example.org"), (551, b"5.1.6 User has moved to new@elsewhere.example"))
+            self.assertEqual(s.rcpt("bob@example.org")[0], 250)
 
     def test_rate(self):
         with self.connect() as s:
