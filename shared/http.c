@@ -151,9 +151,10 @@ static int map_error(CURLcode code) {
         case CURLE_UNSUPPORTED_PROTOCOL:
         case CURLE_URL_MALFORMAT:
                 return -EINVAL;
+        case CURLE_PEER_FAILED_VERIFICATION: /* also CURLE_SSL_CACERT since 7.62 */
+                return -EKEYREJECTED;
         case CURLE_WEIRD_SERVER_REPLY:
         case CURLE_SSL_CONNECT_ERROR:
-        case CURLE_PEER_FAILED_VERIFICATION:
         case CURLE_SSL_CERTPROBLEM:
         case CURLE_SSL_CACERT_BADFILE:
         case CURLE_RECV_ERROR:
@@ -393,13 +394,14 @@ int http_request_start(HttpClient *c, const HttpRequestOptions *o, HttpCallback 
                 return -ENOMEM;
         }
         uint64_t timeout_ms = (o->timeout_usec ?: HTTP_TIMEOUT_DEFAULT_USEC) / 1000;
+        uint64_t connect_timeout_ms = o->connect_timeout_usec ? MIN(o->connect_timeout_usec / 1000, timeout_ms) : timeout_ms;
         CURL *e = req->easy;
         api->easy_setopt(e, CURLOPT_URL, o->url);
         api->easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
         api->easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
         api->easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         api->easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) MAX(timeout_ms, 1ULL));
-        api->easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) MAX(timeout_ms, 1ULL));
+        api->easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) MAX(connect_timeout_ms, 1ULL));
         api->easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) req->max_size);
         api->easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
         api->easy_setopt(e, CURLOPT_WRITEDATA, req);
@@ -418,6 +420,8 @@ int http_request_start(HttpClient *c, const HttpRequestOptions *o, HttpCallback 
         }
         if (o->ca_file)
                 api->easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+        if (o->tls12_min)
+                api->easy_setopt(e, CURLOPT_SSLVERSION, (long) CURL_SSLVERSION_TLSv1_2);
         if (strcmp(method, "HEAD") == 0)
                 api->easy_setopt(e, CURLOPT_NOBODY, 1L);
         else if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)

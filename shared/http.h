@@ -6,8 +6,7 @@
  * libcurl (the GnuTLS flavour, as halyard's TLS is GnuTLS) is opened with
  * dlopen() at the first request, not linked: it pulls in some twenty
  * libraries that would slow every start of a service for a feature used now
- * and then (queued-mtasts.c made the same choice). Without it, requests
- * fail with -EOPNOTSUPP.
+ * and then. Without it, requests fail with -EOPNOTSUPP.
  *
  * Every request is bounded: a whole-transfer timeout, a body size cap,
  * http/https only, no redirects followed (a redirect is an answer: its
@@ -44,8 +43,10 @@ typedef struct HttpRequestOptions {
         const void *body;                   /* request body (POST/PUT/PATCH) */
         size_t body_len;
         uint64_t timeout_usec;              /* whole transfer; 0: HTTP_TIMEOUT_DEFAULT_USEC */
+        uint64_t connect_timeout_usec;      /* connection set-up; 0: timeout_usec */
         size_t max_size;                    /* response body cap; 0: HTTP_MAX_SIZE_DEFAULT */
         bool insecure;                      /* no TLS certificate/name verification */
+        bool tls12_min;                     /* refuse TLS below 1.2 (MTA-STS, RFC 8461 §3.3) */
         const char *ca_file;                /* trust anchors; NULL: the system store */
         const char *const *resolve;         /* "host:port:addr[,addr]" entries, NULL-terminated, or NULL */
         const char *const *connect_to;      /* "host:port:connect-host:connect-port" entries, NULL-terminated, or NULL */
@@ -54,9 +55,11 @@ typedef struct HttpRequestOptions {
 typedef struct HttpResponse {
         /* 0: a complete answer (any status); else a negative errno:
          * -ETIMEDOUT, -EFBIG (body over max_size), -ECONNREFUSED,
-         * -EHOSTUNREACH (resolution or routing), -EPROTO (not HTTP, TLS
-         * failure), -EINVAL (bad URL or protocol), -EOPNOTSUPP (no libcurl),
-         * -EIO (anything else). */
+         * -EHOSTUNREACH (resolution or routing), -EKEYREJECTED (the
+         * server's certificate failed verification: untrusted, expired,
+         * wrong name; MTA-STS reports it apart, RFC 8460 sts-webpki-invalid),
+         * -EPROTO (not HTTP, other TLS failure), -EINVAL (bad URL or
+         * protocol), -EOPNOTSUPP (no libcurl), -EIO (anything else). */
         int result;
         const char *error;                  /* a short text when result < 0 */
         long status;                        /* HTTP status, 0 when none */

@@ -1,20 +1,18 @@
 /* SPDX-License-Identifier: MIT */
-/* MTA-STS: TXT discovery, policy parsing, HTTPS fetch on the event loop with
- * libcurl's multi interface, and the on-disk cache (see queued-mtasts.h). */
-#include <curl/curl.h>
-#include <dlfcn.h>
+/* MTA-STS: TXT discovery, policy parsing, HTTPS fetch on the event loop through
+ * shared/http (libcurl), and the on-disk cache (see queued-mtasts.h). */
 #include <fcntl.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "http.h"
 #include "queued-mtasts.h"
 
 static const char *const mode_names[_MTASTS_MODE_MAX] = {
@@ -420,76 +418,7 @@ int mtasts_cache_write(const char *dir, const char *domain, const char *id, uint
         return r;
 }
 
-/* ---- libcurl, loaded at the first fetch ----
- *
- * libcurl (GnuTLS flavour) is opened with dlopen() when the first policy is
- * fetched, not linked: it pulls in some twenty libraries (LDAP, Kerberos,
- * SSH, ...) whose loading would slow every start of halyard-queued (and a
- * restart is on the path of every kill/recovery) for a feature used only
- * now and then. Only the functions below are used. */
-
-#define CURL_SONAMES { "libcurl-gnutls.so.4", "libcurl.so.4" }
-
-typedef struct CurlApi {
-        void *dl;
-        CURLcode (*global_init)(long flags);
-        CURLM *(*multi_init)(void);
-        CURLMcode (*multi_cleanup)(CURLM *m);
-        CURLMcode (*multi_setopt)(CURLM *m, CURLMoption option, ...);
-        CURLMcode (*multi_add_handle)(CURLM *m, CURL *e);
-        CURLMcode (*multi_remove_handle)(CURLM *m, CURL *e);
-        CURLMcode (*multi_socket_action)(CURLM *m, curl_socket_t s, int ev_bitmask, int *running_handles);
-        CURLMcode (*multi_assign)(CURLM *m, curl_socket_t sockfd, void *sockp);
-        CURLMsg *(*multi_info_read)(CURLM *m, int *msgs_in_queue);
-        CURL *(*easy_init)(void);
-        void (*easy_cleanup)(CURL *e);
-        CURLcode (*easy_setopt)(CURL *e, CURLoption option, ...);
-        CURLcode (*easy_getinfo)(CURL *e, CURLINFO info, ...);
-        const char *(*easy_strerror)(CURLcode c);
-        struct curl_slist *(*slist_append)(struct curl_slist *l, const char *s);
-        void (*slist_free_all)(struct curl_slist *l);
-} CurlApi;
-
-static int curl_api_load(CurlApi *api) {
-        static const char *const sonames[] = CURL_SONAMES;
-        for (size_t i = 0; !api->dl && i < ELEMENTSOF(sonames); i++)
-                api->dl = dlopen(sonames[i], RTLD_NOW | RTLD_LOCAL);
-        if (!api->dl)
-                return -EOPNOTSUPP;
-#define SYM(field, name)                                                        \
-        do {                                                                    \
-                *(void **) &api->field = dlsym(api->dl, name);                  \
-                if (!api->field)                                                \
-                        goto fail;                                              \
-        } while (0)
-        SYM(global_init, "curl_global_init");
-        SYM(multi_init, "curl_multi_init");
-        SYM(multi_cleanup, "curl_multi_cleanup");
-        SYM(multi_setopt, "curl_multi_setopt");
-        SYM(multi_add_handle, "curl_multi_add_handle");
-        SYM(multi_remove_handle, "curl_multi_remove_handle");
-        SYM(multi_socket_action, "curl_multi_socket_action");
-        SYM(multi_assign, "curl_multi_assign");
-        SYM(multi_info_read, "curl_multi_info_read");
-        SYM(easy_init, "curl_easy_init");
-        SYM(easy_cleanup, "curl_easy_cleanup");
-        SYM(easy_setopt, "curl_easy_setopt");
-        SYM(easy_getinfo, "curl_easy_getinfo");
-        SYM(easy_strerror, "curl_easy_strerror");
-        SYM(slist_append, "curl_slist_append");
-        SYM(slist_free_all, "curl_slist_free_all");
-#undef SYM
-        /* Once per process: the context is created once, before any transfer. */
-        if (api->global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-                goto fail;
-        return 0;
-fail:
-        dlclose(api->dl);
-        memset(api, 0, sizeof *api);
-        return -EOPNOTSUPP;
-}
-
-/* ---- curl multi on sd-event ---- */
+/* ---- the context ---- */
 
 /* RFC 8461 3.3 / 5.1: a failed fetch is not repeated for the same domain
  * and policy id for a while; meanwhile the failure stands. */
@@ -511,11 +440,8 @@ struct MtaStsContext {
         char *ca_file;
         uint16_t port;
         uint64_t timeout_usec;
-        CurlApi api;
-        bool api_failed;
+        HttpClient *http;
         FetchFailure failures[MTASTS_FAILURES_MAX]; /* recent failed fetches, oldest replaced first */
-        CURLM *multi;            /* made with the first transfer */
-        sd_event_source *timer;
         MtaStsLookup *lookups; /* every lookup in flight */
 };
 
@@ -534,7 +460,7 @@ struct MtaStsLookup {
         void *userdata;
         LookupStep step;
         DnsQuery *q_txt, *q_a, *q_aaaa;
-        char addrs[512]; /* for CURLOPT_RESOLVE */
+        char addrs[512]; /* for the request's resolve entry (CURLOPT_RESOLVE) */
         char txt_id[MTASTS_ID_MAX + 1];
         bool have_txt;
         /* the cached policy */
@@ -543,80 +469,13 @@ struct MtaStsLookup {
         MtaStsPolicy cached;
         bool have_cached;
         /* the transfer */
-        CURL *easy;
-        struct curl_slist *resolve;
-        char *body;
-        size_t body_len;
-        bool body_too_large;
-        char errbuf[CURL_ERROR_SIZE];
+        HttpRequest *req;
         MtaStsPolicy fetched;
         sd_event_source *defer; /* delivers the outcome outside the caller's stack */
         MtaStsOutcome outcome;
         char reason[300];
         MtaStsLookup *next;
 };
-
-typedef struct SockInfo {
-        sd_event_source *source;
-} SockInfo;
-
-static int on_curl_io(sd_event_source *s, int fd, uint32_t revents, void *userdata);
-static void check_done(MtaStsContext *ctx);
-
-static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
-        MtaStsContext *ctx = userp;
-        SockInfo *si = socketp;
-
-        if (what == CURL_POLL_REMOVE) {
-                if (si) {
-                        sd_event_source_disable_unref(si->source);
-                        free(si);
-                        ctx->api.multi_assign(ctx->multi, fd, NULL);
-                }
-                return 0;
-        }
-        uint32_t events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-        if (!si) {
-                si = calloc(1, sizeof *si);
-                if (!si)
-                        return -1;
-                if (sd_event_add_io(ctx->event, &si->source, fd, events, on_curl_io, ctx) < 0) {
-                        free(si);
-                        return -1;
-                }
-                ctx->api.multi_assign(ctx->multi, fd, si);
-                return 0;
-        }
-        return sd_event_source_set_io_events(si->source, events) < 0 ? -1 : 0;
-}
-
-static int on_curl_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        MtaStsContext *ctx = userdata;
-        int running;
-        (void) ctx->api.multi_socket_action(ctx->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-        check_done(ctx);
-        return 0;
-}
-
-static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
-        MtaStsContext *ctx = userp;
-        if (timeout_ms < 0)
-                return sd_event_source_set_enabled(ctx->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
-        if (sd_event_source_set_time_relative(ctx->timer, (uint64_t) timeout_ms * 1000ULL) < 0 ||
-            sd_event_source_set_enabled(ctx->timer, SD_EVENT_ONESHOT) < 0)
-                return -1;
-        return 0;
-}
-
-static int on_curl_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        MtaStsContext *ctx = userdata;
-        int action = (revents & EPOLLIN ? CURL_CSELECT_IN : 0) | (revents & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
-                     (revents & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
-        int running;
-        (void) ctx->api.multi_socket_action(ctx->multi, fd, action, &running);
-        check_done(ctx);
-        return 0;
-}
 
 int mtasts_context_new(sd_event *e, DnsResolver *resolver, const MtaStsConfig *cfg, MtaStsContext **ret) {
         MtaStsContext *ctx = calloc(1, sizeof *ctx);
@@ -631,30 +490,13 @@ int mtasts_context_new(sd_event *e, DnsResolver *resolver, const MtaStsConfig *c
                 mtasts_context_free(ctx);
                 return -ENOMEM;
         }
-        int r = sd_event_add_time_relative(e, &ctx->timer, CLOCK_MONOTONIC, 1000000, 0, on_curl_timer, ctx);
+        /* libcurl itself is loaded at the first fetch (see http.h). */
+        int r = http_client_new(e, &ctx->http);
         if (r < 0) {
                 mtasts_context_free(ctx);
                 return r;
         }
-        (void) sd_event_source_set_enabled(ctx->timer, SD_EVENT_OFF);
         *ret = ctx;
-        return 0;
-}
-
-/* libcurl and the multi handle, at the first transfer. */
-static int ensure_multi(MtaStsContext *ctx) {
-        if (ctx->multi)
-                return 0;
-        if (ctx->api_failed)
-                return -EOPNOTSUPP;
-        if (curl_api_load(&ctx->api) < 0 || !(ctx->multi = ctx->api.multi_init())) {
-                ctx->api_failed = true;
-                return -EOPNOTSUPP;
-        }
-        ctx->api.multi_setopt(ctx->multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
-        ctx->api.multi_setopt(ctx->multi, CURLMOPT_SOCKETDATA, ctx);
-        ctx->api.multi_setopt(ctx->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
-        ctx->api.multi_setopt(ctx->multi, CURLMOPT_TIMERDATA, ctx);
         return 0;
 }
 
@@ -665,11 +507,7 @@ MtaStsContext *mtasts_context_free(MtaStsContext *ctx) {
                 return NULL;
         while (ctx->lookups)
                 lookup_free(ctx->lookups); /* unlinks itself */
-        if (ctx->multi)
-                ctx->api.multi_cleanup(ctx->multi);
-        /* libcurl stays loaded: curl_global_cleanup() is not safe to pair
-         * with a reload, and the process is ending anyway. */
-        sd_event_source_disable_unref(ctx->timer);
+        http_client_free(ctx->http);
         free(ctx->cache_dir);
         free(ctx->ca_file);
         sd_event_unref(ctx->event);
@@ -682,7 +520,6 @@ MtaStsContext *mtasts_context_free(MtaStsContext *ctx) {
 static void lookup_free(MtaStsLookup *l) {
         if (!l)
                 return;
-        MtaStsContext *ctx = l->ctx;
         for (MtaStsLookup **p = &l->ctx->lookups; *p; p = &(*p)->next)
                 if (*p == l) {
                         *p = l->next;
@@ -691,14 +528,8 @@ static void lookup_free(MtaStsLookup *l) {
         dns_query_cancel(l->q_txt);
         dns_query_cancel(l->q_a);
         dns_query_cancel(l->q_aaaa);
-        if (l->easy) {
-                ctx->api.multi_remove_handle(ctx->multi, l->easy);
-                ctx->api.easy_cleanup(l->easy);
-        }
-        if (l->resolve)
-                ctx->api.slist_free_all(l->resolve);
+        http_request_cancel(l->req);
         sd_event_source_disable_unref(l->defer);
-        free(l->body);
         free(l->cache_id);
         mtasts_policy_done(&l->cached);
         mtasts_policy_done(&l->fetched);
@@ -782,43 +613,22 @@ static void fetch_failed(MtaStsLookup *l, TlsResultType type) {
                 finish(l, NULL, false, type, l->reason);
 }
 
-static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
+static void on_fetched(HttpRequest *req, const HttpResponse *resp, void *userdata) {
         MtaStsLookup *l = userdata;
-        size_t n = size * nmemb;
-        if (l->body_len + n > MTASTS_POLICY_MAX) {
-                l->body_too_large = true;
-                return 0; /* aborts the transfer */
-        }
-        char *b = realloc(l->body, l->body_len + n + 1);
-        if (!b)
-                return 0;
-        l->body = b;
-        memcpy(b + l->body_len, ptr, n);
-        l->body_len += n;
-        b[l->body_len] = 0;
-        return n;
-}
+        const char *ctype = resp->content_type;
 
-static void transfer_done(MtaStsLookup *l, CURLcode res) {
-        MtaStsContext *ctx = l->ctx;
-        long code = 0;
-        char *ctype = NULL;
-
-        (void) ctx->api.easy_getinfo(l->easy, CURLINFO_RESPONSE_CODE, &code);
-        (void) ctx->api.easy_getinfo(l->easy, CURLINFO_CONTENT_TYPE, &ctype);
-        if (res != CURLE_OK) {
-                bool webpki = res == CURLE_PEER_FAILED_VERIFICATION
-#if LIBCURL_VERSION_NUM < 0x073e00
-                              || res == CURLE_SSL_CACERT
-#endif
-                        ;
-                snprintf(l->reason, sizeof l->reason, "%s: %s", l->body_too_large ? "policy larger than 64 KiB" : ctx->api.easy_strerror(res),
-                         l->errbuf[0] ? l->errbuf : "");
-                fetch_failed(l, webpki ? TLS_RESULT_STS_WEBPKI_INVALID : TLS_RESULT_STS_POLICY_FETCH_ERROR);
+        l->req = NULL; /* freed by shared/http after this call */
+        if (resp->result < 0) {
+                /* RFC 8460: a certificate that does not verify is reported
+                 * apart from other fetch failures. */
+                snprintf(l->reason, sizeof l->reason, "%s%s", resp->result == -EFBIG ? "policy larger than 64 KiB: " : "",
+                         resp->error ?: strerror(-resp->result));
+                fetch_failed(l, resp->result == -EKEYREJECTED ? TLS_RESULT_STS_WEBPKI_INVALID : TLS_RESULT_STS_POLICY_FETCH_ERROR);
                 return;
         }
-        if (code != 200) {
-                snprintf(l->reason, sizeof l->reason, "bad https response code: %ld", code);
+        /* Redirects are not followed (RFC 8461 3.3): a 3xx fails here. */
+        if (resp->status != 200) {
+                snprintf(l->reason, sizeof l->reason, "bad https response code: %ld", resp->status);
                 fetch_failed(l, TLS_RESULT_STS_POLICY_FETCH_ERROR);
                 return;
         }
@@ -828,34 +638,24 @@ static void transfer_done(MtaStsLookup *l, CURLcode res) {
                 fetch_failed(l, TLS_RESULT_STS_POLICY_INVALID);
                 return;
         }
-        if (mtasts_policy_parse(l->body ? l->body : "", l->body_len, &l->fetched) < 0) {
+        if (mtasts_policy_parse(resp->body, resp->body_len, &l->fetched) < 0) {
                 snprintf(l->reason, sizeof l->reason, "invalid policy text");
                 fetch_failed(l, TLS_RESULT_STS_POLICY_INVALID);
                 return;
         }
         if (l->ctx->cache_dir)
                 (void) mtasts_cache_write(l->ctx->cache_dir, l->domain, l->have_txt ? l->txt_id : l->cache_id ? l->cache_id : "",
-                                          now_sec(), l->body);
+                                          now_sec(), resp->body);
         finish(l, &l->fetched, false, TLS_RESULT_NONE, NULL);
-}
-
-static void check_done(MtaStsContext *ctx) {
-        CURLMsg *msg;
-        int left;
-        while ((msg = ctx->api.multi_info_read(ctx->multi, &left)))
-                if (msg->msg == CURLMSG_DONE) {
-                        MtaStsLookup *l = NULL;
-                        (void) ctx->api.easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &l);
-                        if (!l || l->step != STEP_FETCH || l->defer)
-                                continue;
-                        transfer_done(l, msg->data.result);
-                }
 }
 
 static void start_fetch(MtaStsLookup *l) {
         MtaStsContext *ctx = l->ctx;
         char url[400], resolve[700];
         unsigned port = ctx->port ? ctx->port : 443;
+        /* All DNS goes through our resolver: libcurl gets the addresses. */
+        const char *const resolves[] = { resolve, NULL };
+        static const char *const headers[] = { "User-Agent: halyard-queued (MTA-STS)", NULL };
 
         if (!l->addrs[0]) {
                 snprintf(l->reason, sizeof l->reason, "%s has no address", l->host);
@@ -863,48 +663,31 @@ static void start_fetch(MtaStsLookup *l) {
                 return;
         }
         l->step = STEP_FETCH;
-        if (ensure_multi(ctx) < 0) {
-                snprintf(l->reason, sizeof l->reason, "libcurl (GnuTLS) could not be loaded");
-                fetch_failed(l, TLS_RESULT_STS_POLICY_FETCH_ERROR);
-                return;
-        }
         if (port == 443)
                 snprintf(url, sizeof url, "https://%s/.well-known/mta-sts.txt", l->host);
         else
                 snprintf(url, sizeof url, "https://%s:%u/.well-known/mta-sts.txt", l->host, port);
         snprintf(resolve, sizeof resolve, "%s:%u:%s", l->host, port, l->addrs);
-        l->easy = ctx->api.easy_init();
-        if (!l->easy || !(l->resolve = ctx->api.slist_append(NULL, resolve))) {
-                snprintf(l->reason, sizeof l->reason, "out of memory");
-                fetch_failed(l, TLS_RESULT_STS_POLICY_FETCH_ERROR);
-                return;
-        }
-        CURL *e = l->easy;
-        ctx->api.easy_setopt(e, CURLOPT_URL, url);
-        ctx->api.easy_setopt(e, CURLOPT_PRIVATE, (char *) l);
-        ctx->api.easy_setopt(e, CURLOPT_RESOLVE, l->resolve);
-#if LIBCURL_VERSION_NUM >= 0x075500
-        ctx->api.easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
-        ctx->api.easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "https");
-#else
-        ctx->api.easy_setopt(e, CURLOPT_PROTOCOLS, (long) CURLPROTO_HTTPS);
-#endif
-        ctx->api.easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-        ctx->api.easy_setopt(e, CURLOPT_MAXFILESIZE, (long) MTASTS_POLICY_MAX);
-        ctx->api.easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) (ctx->timeout_usec / 1000));
-        ctx->api.easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) MIN(ctx->timeout_usec / 1000, 30000ULL));
-        ctx->api.easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        ctx->api.easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-        ctx->api.easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-        ctx->api.easy_setopt(e, CURLOPT_SSLVERSION, (long) CURL_SSLVERSION_TLSv1_2);
-        if (ctx->ca_file)
-                ctx->api.easy_setopt(e, CURLOPT_CAINFO, ctx->ca_file);
-        ctx->api.easy_setopt(e, CURLOPT_USERAGENT, "halyard-queued (MTA-STS)");
-        ctx->api.easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-        ctx->api.easy_setopt(e, CURLOPT_WRITEDATA, l);
-        ctx->api.easy_setopt(e, CURLOPT_ERRORBUFFER, l->errbuf);
-        if (ctx->api.multi_add_handle(ctx->multi, e) != CURLM_OK) {
-                snprintf(l->reason, sizeof l->reason, "could not start the transfer");
+        /* shared/http verifies the certificate and its name, and follows
+         * no redirect. */
+        const HttpRequestOptions o = {
+                .url = url,
+                .method = "GET",
+                .headers = headers,
+                .timeout_usec = ctx->timeout_usec,
+                .connect_timeout_usec = MIN(ctx->timeout_usec, 30ULL * 1000000ULL),
+                .max_size = MTASTS_POLICY_MAX,
+                .tls12_min = true,
+                .ca_file = ctx->ca_file,
+                .resolve = resolves,
+        };
+        int r = http_request_start(ctx->http, &o, on_fetched, l, &l->req);
+        if (r < 0) {
+                l->req = NULL;
+                if (r == -EOPNOTSUPP)
+                        snprintf(l->reason, sizeof l->reason, "libcurl (GnuTLS) could not be loaded");
+                else
+                        snprintf(l->reason, sizeof l->reason, "could not start the transfer: %s", strerror(-r));
                 fetch_failed(l, TLS_RESULT_STS_POLICY_FETCH_ERROR);
         }
 }

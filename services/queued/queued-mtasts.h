@@ -7,13 +7,13 @@
  * looked up through shared/dns.h (libunbound). Exactly one record starting
  * with "v=STSv1" must be there, else the domain has no (new) policy.
  *
- * Fetch: https://mta-sts.<domain>/.well-known/mta-sts.txt with libcurl's
- * multi interface driven by the sd-event loop (CURLMOPT_SOCKETFUNCTION and
- * CURLMOPT_TIMERFUNCTION, curl_multi_socket_action): nothing blocks. The
- * policy host's addresses come from our own resolver too (CURLOPT_RESOLVE),
- * so all DNS goes through libunbound. Limits (RFC 8461 §3.3): HTTPS only,
- * WebPKI-valid certificate for the policy host, redirects refused, HTTP 200
- * only, Content-Type text/plain, at most MTASTS_POLICY_MAX bytes, a timeout
+ * Fetch: https://mta-sts.<domain>/.well-known/mta-sts.txt through
+ * shared/http.h (libcurl on the sd-event loop): nothing blocks. The policy
+ * host's addresses come from our own resolver too (handed over as the
+ * request's resolve entry), so all DNS goes through libunbound. Limits
+ * (RFC 8461 §3.3): HTTPS with TLS 1.2 or later, WebPKI-valid certificate
+ * for the policy host, redirects refused, HTTP 200 only, Content-Type
+ * text/plain, at most MTASTS_POLICY_MAX bytes, a timeout
  * (MTASTS_FETCH_TIMEOUT_USEC). No HTTP caching is used.
  *
  * Cache: one small JSON file per policy domain in a directory of queued's
