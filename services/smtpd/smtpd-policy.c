@@ -1072,6 +1072,8 @@ static int write_all(int fd, const void *p, size_t n) {
 
 int smtpd_policy_edit_headers(int fd, uint64_t skip, PolicyValue *actions, int *ret_fd) {
         HeaderBlock h = {};
+        _cleanup_free_ char *head = NULL;
+        size_t head_len = 0;
         bool any = false;
         int r, out = -1;
 
@@ -1130,8 +1132,6 @@ int smtpd_policy_edit_headers(int fd, uint64_t skip, PolicyValue *actions, int *
         }
         /* The new header section is assembled in memory and written at
          * once, then the body: two writes, not four per field. */
-        _cleanup_free_ char *head = NULL;
-        size_t head_len = 0;
         FILE *f = open_memstream(&head, &head_len);
         if (!f) {
                 r = -errno;
