@@ -1939,6 +1939,38 @@ static void refuse(Manager *m, int fd, const struct sockaddr_storage *sa, const 
                   "Connection from %s refused: %s", ip, why);
 }
 
+#define LISTENER_PAUSE_USEC (100ULL * 1000ULL)
+
+static int on_listener_resume(sd_event_source *es, uint64_t usec, void *userdata) {
+        Listener *l = userdata;
+        if (l->source)
+                (void) sd_event_source_set_enabled(l->source, SD_EVENT_ON);
+        return 0;
+}
+
+/* Out of file descriptors (or memory): the pending connection stays in the
+ * kernel's backlog and the listening socket stays readable, so accepting
+ * again at once would spin the loop and flood the journal. Stop listening
+ * for a moment; the sessions we have go on, and closing ones free fds. */
+static void listener_pause(Listener *l, int error) {
+        Manager *m = l->manager;
+        uint64_t when = manager_now_usec(m) + LISTENER_PAUSE_USEC;
+        int r;
+
+        if (sd_event_source_set_enabled(l->source, SD_EVENT_OFF) < 0)
+                return;
+        if (l->pause)
+                r = sd_event_source_set_time(l->pause, when);
+        else
+                r = sd_event_add_time(m->event, &l->pause, CLOCK_MONOTONIC, when, 0, on_listener_resume, l);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(l->pause, SD_EVENT_ONESHOT);
+        if (r < 0)
+                (void) sd_event_source_set_enabled(l->source, SD_EVENT_ON);
+        log_warning_errno(error, "accept() on %s: %m; not accepting for %llu ms (%u sessions open)",
+                          listener_kind_to_string(l->kind), LISTENER_PAUSE_USEC / 1000ULL, m->n_sessions);
+}
+
 static int on_accept(sd_event_source *es, int lfd, uint32_t revents, void *userdata) {
         Listener *l = userdata;
         Manager *m = l->manager;
@@ -1948,6 +1980,10 @@ static int on_accept(sd_event_source *es, int lfd, uint32_t revents, void *userd
                 socklen_t salen = sizeof sa;
                 int fd = accept4(lfd, (struct sockaddr *) &sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (fd < 0) {
+                        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                                listener_pause(l, -errno);
+                                return 0;
+                        }
                         if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
                                 log_warning_errno(-errno, "accept() on %s failed: %m", listener_kind_to_string(l->kind));
                         return 0;
@@ -2033,6 +2069,7 @@ int listener_start(Manager *m, ListenerKind kind, int fd) {
 }
 
 void listener_stop(Listener *l) {
+        l->pause = sd_event_source_disable_unref(l->pause);
         l->source = sd_event_source_disable_unref(l->source);
         l->fd = safe_close(l->fd);
 }

@@ -62,6 +62,7 @@ typedef struct Listener {
         ListenerKind kind;
         int fd;
         sd_event_source *source;
+        sd_event_source *pause;        /* re-enables source after running out of fds */
         unsigned n_open;
         uint64_t n_total;
 } Listener;

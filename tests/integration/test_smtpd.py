@@ -11,6 +11,7 @@ import base64
 import ctypes
 import os
 import re
+import resource
 import signal
 import smtplib
 import socket
@@ -37,8 +38,9 @@ Timeout=30s
 
 
 class Smtpd:
-    def __init__(self, tmp, queue_socket, config=BASE_CONFIG, name="smtpd", submission=False):
+    def __init__(self, tmp, queue_socket, config=BASE_CONFIG, name="smtpd", submission=False, fd_limit=None):
         self.tmp = tmp
+        self.fd_limit = fd_limit
         self.name = name
         self.port = free_port()
         self.submission_port = free_port() if submission else None
@@ -58,8 +60,10 @@ class Smtpd:
         if self.submission_port:
             argv.append("--listen-submission=127.0.0.1:%d" % self.submission_port)
         self.stderr = open(self.tmp / (self.name + ".stderr"), "ab")
+        limit = self.fd_limit
+        preexec = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))) if limit else None
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr, env=env, start_new_session=True)
+                                     stderr=self.stderr, env=env, start_new_session=True, preexec_fn=preexec)
         harness._live_processes.append(self.proc)
         wait_until(lambda: self.proc.poll() is not None or harness.connectable(self.varlink), 10, what="smtpd")
         if self.proc.poll() is not None:
@@ -471,6 +475,52 @@ class SmtpdTest(unittest.TestCase):
             log.close()
         self.assertEqual(len(self.spool_with("hello socket activated")), 1)
         self.assertIn("1 listeners", (self.tmp / "activated.stderr").read_text())
+
+
+class FdLimitTest(unittest.TestCase):
+    """Out of file descriptors: smtpd stops accepting for a moment instead
+    of spinning on a listening socket it cannot accept from (and flooding the
+    journal), keeps serving its open sessions, and accepts again once fds
+    are free."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = harness.TempDir()
+        cls.q = Queued(cls.tmp).start()
+        cls.smtpd = Smtpd(cls.tmp, cls.q.socket, name="fdlimit", fd_limit=48).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.smtpd.stop()
+        if cls.q.proc.poll() is None:
+            cls.q.kill()
+        cls.tmp.cleanup()
+
+    def cpu_seconds(self):
+        fields = open("/proc/%d/stat" % self.smtpd.proc.pid).read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def test_out_of_fds(self):
+        clients = [socket.create_connection(("127.0.0.1", self.smtpd.port), timeout=10) for _ in range(80)]
+        try:
+            wait_until(lambda: "not accepting for 100 ms" in self.smtpd.log(), 10, what="the pause")
+            before, warnings = self.cpu_seconds(), self.smtpd.log().count("not accepting")
+            time.sleep(2)
+            self.assertLess(self.cpu_seconds() - before, 0.5, "smtpd spins while out of fds")
+            self.assertLessEqual(self.smtpd.log().count("not accepting") - warnings, 25)
+            # The sessions it has are served.
+            self.assertTrue(clients[0].recv(512).startswith(b"220 "))
+            clients[0].sendall(b"NOOP\r\n")
+            self.assertTrue(clients[0].recv(512).startswith(b"250 "))
+        finally:
+            for c in clients:
+                c.close()
+
+        def greeted():
+            with socket.create_connection(("127.0.0.1", self.smtpd.port), timeout=5) as c:
+                return c.recv(512).startswith(b"220 ")
+        wait_until(greeted, 10, what="a greeting once fds are free")
+        self.assertIsNone(self.smtpd.proc.poll())
 
 
 def yescrypt(password):
