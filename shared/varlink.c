@@ -52,6 +52,7 @@ struct VarlinkServer {
 
         sd_event_source **listeners;
         unsigned n_listeners;
+        sd_event_source *accept_pause; /* re-enables the listeners after running out of fds */
 
         Varlink **connections; /* unordered; link->server_index is its slot */
         unsigned n_connections;
@@ -1225,14 +1226,45 @@ static int server_add_connection(VarlinkServer *s, int fd) {
         return 0;
 }
 
+#define ACCEPT_PAUSE_USEC (100ULL * 1000ULL)
+
+static void listeners_enable(VarlinkServer *s, int how) {
+        for (unsigned i = 0; i < s->n_listeners; i++)
+                (void) sd_event_source_set_enabled(s->listeners[i], how);
+}
+
+static int on_accept_resume(sd_event_source *src, uint64_t usec, void *userdata) {
+        listeners_enable(userdata, SD_EVENT_ON);
+        return 0;
+}
+
+/* Out of fds or memory: the connection waits in the backlog and the socket
+ * stays readable, so retrying at once would spin. Stop listening for a
+ * moment; closing connections free fds meanwhile. */
+static void accept_pause(VarlinkServer *s) {
+        uint64_t now;
+        int r = sd_event_now(s->event, CLOCK_MONOTONIC, &now);
+        if (r >= 0)
+                r = s->accept_pause ? sd_event_source_set_time(s->accept_pause, now + ACCEPT_PAUSE_USEC)
+                                    : sd_event_add_time(s->event, &s->accept_pause, CLOCK_MONOTONIC,
+                                                        now + ACCEPT_PAUSE_USEC, 0, on_accept_resume, s);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(s->accept_pause, SD_EVENT_ONESHOT);
+        if (r >= 0)
+                listeners_enable(s, SD_EVENT_OFF);
+}
+
 static int accept_handler(sd_event_source *src, int fd, uint32_t revents, void *userdata) {
         VarlinkServer *s = userdata;
         for (int i = 0; i < ACCEPT_BURST; i++) {
                 int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (c < 0)
-                        /* EAGAIN, or a transient error (EMFILE, ECONNABORTED):
+                if (c < 0) {
+                        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                                accept_pause(s);
+                        /* else EAGAIN, or a transient error (ECONNABORTED):
                          * try again at the next wakeup. */
                         return 0;
+                }
                 (void) server_add_connection(s, c);
         }
         return 0;
@@ -1326,6 +1358,7 @@ int varlink_server_listen_address(VarlinkServer *s, const char *address, mode_t 
 }
 
 void varlink_server_stop_listening(VarlinkServer *s) {
+        s->accept_pause = sd_event_source_disable_unref(s->accept_pause);
         for (unsigned i = 0; i < s->n_listeners; i++)
                 sd_event_source_disable_unref(s->listeners[i]);
         free(s->listeners);

@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import select
 import shutil
 import signal
@@ -270,8 +271,9 @@ class Testd:
     """
 
     def __init__(self, config=None, secret=None, activate=True, socket_name="io.halyard.Test", env=None,
-                 tmp=None):
+                 tmp=None, fd_limit=None):
         check_binaries()
+        self.fd_limit = fd_limit
         self.own_tmp = tmp is None
         self.tmp = tmp or TempDir()
         self.socket = self.tmp / socket_name
@@ -313,8 +315,10 @@ class Testd:
             env.update(self.extra_env)
             argv = [str(TESTD), "--listen=%s" % self.address]
         self._stderr = open(self.stderr_path, "wb")
+        limit = self.fd_limit
+        preexec = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))) if limit else None
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._stderr, env=env, start_new_session=True)
+                                     stderr=self._stderr, env=env, start_new_session=True, preexec_fn=preexec)
         _live_processes.append(self.proc)
         if not probe:
             wait_until(lambda: self.proc.poll() is not None or self.socket.is_socket(), timeout,

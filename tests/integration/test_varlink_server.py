@@ -464,6 +464,33 @@ class Limits(harness.TestCase):
         # Other connections are unaffected.
         self.assertEqual(t.status()["greeting"], "hello")
 
+    def test_out_of_fds(self):
+        # Out of file descriptors the server stops accepting for a moment
+        # instead of spinning on the readable listening socket, keeps its
+        # connections, and accepts again once fds are free.
+        t = self.start_testd(activate=False, fd_limit=32)
+        clients = []
+        try:
+            for _ in range(60):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(str(t.socket))
+                clients.append(s)
+            time.sleep(0.5)
+            def cpu():
+                f = open("/proc/%d/stat" % t.pid).read().rsplit(")", 1)[1].split()
+                return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+            before = cpu()
+            time.sleep(2)
+            self.assertLess(cpu() - before, 0.5, "the server spins while out of fds")
+            # An accepted connection is served.
+            clients[0].sendall(json.dumps({"method": "org.varlink.service.GetInfo", "parameters": {}}).encode() + b"\0")
+            clients[0].settimeout(5)
+            self.assertIn(b'"vendor"', clients[0].recv(65536))
+        finally:
+            for s in clients:
+                s.close()
+        wait_until(lambda: t.status()["greeting"] == "hello", 10, what="a call once fds are free")
+
     def test_reply_too_large(self):
         # A reply over MessageMax cannot be sent: the caller gets
         # io.halyard.Varlink.MessageTooLarge instead, and the connection goes
