@@ -94,6 +94,25 @@ class TempDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def listening(path):
+    """True once a unix socket at path is in listen() — without connecting.
+    The file exists from bind() on, so its existence alone races with the
+    listen() that follows: a connect in between is refused."""
+    want = str(path)
+    try:
+        with open("/proc/net/unix") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                # Num RefCount Protocol Flags Type St Inode Path; Flags
+                # 00010000 is __SO_ACCEPTCON, set by listen().
+                if len(fields) >= 8 and fields[7] == want and int(fields[3], 16) & 0x10000:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
 def connectable(path):
     """True if something accepts connections on the unix socket path (the
     connection is closed at once)."""
@@ -294,7 +313,7 @@ class Testd:
     def start(self, timeout=DEFAULT_TIMEOUT, probe=True):
         """Starts the process. probe=True: returns once testd itself serves
         (under socket activation that takes a first connection). probe=False:
-        returns once the socket exists, without connecting (under socket
+        returns once the socket listens, without connecting (under socket
         activation testd is then not running yet)."""
         env = dict(os.environ)
         for k in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM",
@@ -321,7 +340,7 @@ class Testd:
                                      stderr=self._stderr, env=env, start_new_session=True, preexec_fn=preexec)
         _live_processes.append(self.proc)
         if not probe:
-            wait_until(lambda: self.proc.poll() is not None or self.socket.is_socket(), timeout,
+            wait_until(lambda: self.proc.poll() is not None or listening(self.socket), timeout,
                        what="socket %s" % self.socket)
         else:
             # Ready when the socket takes connections. Under socket activation
