@@ -116,7 +116,7 @@ const char *reject_reason_to_string(RejectReason r) {
                 "relay-denied", "syntax", "bad-sequence", "too-many-recipients",
                 "message-too-large", "line-too-long", "bare-newline", "too-many-errors",
                 "timeout", "too-many-connections", "queue-unavailable", "auth-required", "tls-failed",
-                "auth-failed", "too-many-commands", "policy",
+                "auth-failed", "too-many-commands", "policy", "auth-unavailable",
         };
         return r < _REJECT_MAX ? t[r] : NULL;
 }
@@ -628,7 +628,7 @@ void session_arc_facts(Session *s, SmtpdArcFacts *ret) {
 static void arc_failed(Session *s, int r) {
         if (r == -EAGAIN) {
                 reply(s, "451 4.7.0 Message authentication unavailable, try again later");
-                reject_log(s, REJECT_QUEUE_UNAVAILABLE, "arcd unavailable (ArcFailure=tempfail)");
+                reject_log(s, REJECT_AUTH_UNAVAILABLE, "arcd unavailable (ArcFailure=tempfail)");
         } else {
                 log_warning_errno(r, "%s: preparing the message for arcd failed: %m", s->id);
                 reply(s, "451 4.3.0 Local error, try again later");

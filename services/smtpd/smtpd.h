@@ -48,6 +48,7 @@ typedef enum RejectReason {
         REJECT_AUTH_FAILED,
         REJECT_TOO_MANY_COMMANDS,
         REJECT_POLICY,
+        REJECT_AUTH_UNAVAILABLE,
         _REJECT_MAX,
 } RejectReason;
 

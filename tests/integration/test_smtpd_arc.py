@@ -494,6 +494,10 @@ class ArcTest(unittest.TestCase):
             self.assertEqual(s.noop()[0], 250)
         time.sleep(0.3)
         self.assertEqual(spool_with(self.q.spool, "arc-down-tempfail"), [])
+        # Counted as what it is, not as the queue being down.
+        rejects = {r["reason"]: r["count"] for r in self.smtpd_down_tempfail.status()["rejects"]}
+        self.assertEqual(rejects.get("auth-unavailable"), 1, rejects)
+        self.assertEqual(rejects["queue-unavailable"], 0, rejects)
 
 
 if __name__ == "__main__":
