@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -23,6 +24,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "config.h"
 #include "log.h"
 
 #define DAEMON_STATUS_INTERVAL_USEC (10ULL * 1000000ULL)
@@ -537,5 +539,69 @@ int daemon_credential_path(const char *name, char **ret) {
                 return r;
 
         *ret = TAKE_PTR(p);
+        return 0;
+}
+
+int daemon_parse_command_line(int argc, char **argv, const char *program, const char *directory_option,
+                              DaemonCommandLine *ret) {
+        const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "check", no_argument, NULL, 'c' },
+                { "config", required_argument, NULL, 'C' },
+                { "listen", required_argument, NULL, 'l' },
+                /* Last, so that a NULL name ends the table without it. */
+                { directory_option, required_argument, NULL, 'd' },
+                {}
+        };
+        DaemonCommandLine cl = { .config_path = config_default_path() };
+        int c;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        printf("Usage: %s [--check] [--config=PATH] [--listen=unix:/path]", program);
+                        if (directory_option)
+                                printf(" [--%s=DIR]", directory_option);
+                        printf("\n");
+                        return 1;
+                case 'c':
+                        cl.check = true;
+                        break;
+                case 'C':
+                        cl.config_path = optarg;
+                        break;
+                case 'l':
+                        cl.listen = optarg;
+                        break;
+                case 'd':
+                        cl.directory = optarg;
+                        break;
+                default:
+                        return -EINVAL;
+                }
+        if (optind < argc) {
+                fprintf(stderr, "%s: unexpected argument '%s'\n", program, argv[optind]);
+                return -EINVAL;
+        }
+        *ret = cl;
+        return 0;
+}
+
+int daemon_listen_varlink(Daemon *d, VarlinkServer *s, const char *address, const char *socket_unit) {
+        int r, fd = daemon_take_listen_fd(d, "varlink");
+        if (fd >= 0)
+                r = varlink_server_listen_fd(s, fd);
+        else if (address)
+                r = varlink_server_listen_address(s, address, 0666);
+        else if (socket_unit)
+                /* Started at boot before its socket? systemd passes the fd
+                 * either way; without one there is no way to reach us. */
+                return log_error_errno(-ENOENT, "No listening socket: start through %s or pass --listen=unix:/path",
+                                       socket_unit);
+        else
+                return 0;
+        if (r < 0)
+                return log_error_errno(r, "Failed to listen for varlink: %m");
         return 0;
 }

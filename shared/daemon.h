@@ -14,6 +14,7 @@
 #include <systemd/sd-event.h>
 
 #include "macro.h"
+#include "varlink.h"
 
 typedef struct Daemon Daemon;
 
@@ -82,3 +83,24 @@ int daemon_read_credential(const char *name, size_t max, char **ret, size_t *ret
  * libraries that want a file name (GnuTLS). Same errors (except -EFBIG): the
  * credential must exist and be a regular file, not a symlink. */
 int daemon_credential_path(const char *name, char **ret);
+
+/* The command line of a varlink service: --help, --check, --config=PATH,
+ * --listen=unix:/path and, when directory_option is not NULL,
+ * --<directory_option>=DIR (the spool, the state). */
+typedef struct DaemonCommandLine {
+        const char *config_path;  /* --config=, else config_default_path() */
+        const char *listen;       /* --listen=, or NULL */
+        const char *directory;    /* --<directory_option>=, or NULL */
+        bool check;               /* load the configuration, report, exit */
+} DaemonCommandLine;
+
+/* Returns 0 to go on, 1 when --help printed the usage (exit 0), -EINVAL on
+ * an unknown option or a missing argument (getopt said which; exit 2). */
+int daemon_parse_command_line(int argc, char **argv, const char *program, const char *directory_option,
+                              DaemonCommandLine *ret);
+
+/* Serves varlink on the socket systemd passed as FileDescriptorName=varlink,
+ * else on address (--listen=, mode 0666). With neither: an error naming
+ * socket_unit, or, when socket_unit is NULL, nothing (varlink is optional
+ * there). Logs what failed; returns 0 or negative errno. */
+int daemon_listen_varlink(Daemon *d, VarlinkServer *s, const char *address, const char *socket_unit);

@@ -22,7 +22,6 @@
  *   TlsRpt=ADDRESS|none     where TLS results go (oneway io.halyard.TlsRpt.Record),
  *                           default unix:/run/halyard/io.halyard.TlsRpt
  * The MTA-STS policy cache lives beside the spool (STATE_DIRECTORY/mta-sts). */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -331,44 +330,19 @@ static void manager_free(Manager *m) {
 }
 
 int main(int argc, char **argv) {
-        static const struct option options[] = {
-                { "help", no_argument, NULL, 'h' },
-                { "check", no_argument, NULL, 'c' },
-                { "config", required_argument, NULL, 'C' },
-                { "listen", required_argument, NULL, 'l' },
-                { "spool", required_argument, NULL, 's' },
-                {}
-        };
         _cleanup_(manager_free) Manager m = {};
-        const char *listen = NULL, *spool_dir = NULL;
-        bool check = false;
-        int c, r;
+        DaemonCommandLine cl;
+        int r;
 
-        m.config_path = config_default_path();
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
-                switch (c) {
-                case 'h':
-                        printf("Usage: halyard-queued [--check] [--config=PATH] [--listen=unix:/path] [--spool=DIR]\n");
-                        return 0;
-                case 'c':
-                        check = true;
-                        break;
-                case 'C':
-                        m.config_path = optarg;
-                        break;
-                case 'l':
-                        listen = optarg;
-                        break;
-                case 's':
-                        spool_dir = optarg;
-                        break;
-                default:
-                        return 2;
-                }
+        r = daemon_parse_command_line(argc, argv, "halyard-queued", "spool", &cl);
+        if (r != 0)
+                return r > 0 ? 0 : 2;
+        m.config_path = cl.config_path;
+        const char *spool_dir = cl.directory;
 
         log_setup("halyard-queued", LOG_TARGET_AUTO);
         r = manager_load_config(&m, m.config_path);
-        if (check || r < 0) {
+        if (cl.check || r < 0) {
                 if (r < 0)
                         log_error("Refusing to start with a bad configuration (%s)", m.config_path);
                 return r < 0 ? 1 : 0;
@@ -416,17 +390,9 @@ int main(int argc, char **argv) {
         if (r < 0)
                 return log_error_errno(r, "Failed to set up service glue: %m"), 1;
 
-        int fd = daemon_take_listen_fd(m.daemon, "varlink");
-        if (fd >= 0)
-                r = varlink_server_listen_fd(m.varlink, fd);
-        else if (listen)
-                r = varlink_server_listen_address(m.varlink, listen, 0666);
-        else
-                /* Started at boot before its socket? systemd passes the fd
-                 * either way; without one there is no way to reach us. */
-                return log_error("No listening socket: start through halyard-queued.socket or pass --listen=unix:/path"), 1;
+        r = daemon_listen_varlink(m.daemon, m.varlink, cl.listen, "halyard-queued.socket");
         if (r < 0)
-                return log_error_errno(r, "Failed to listen: %m"), 1;
+                return 1;
 
         log_event(LOG_INFO, LOG_MESSAGE_SERVICE_STARTED, (const char *[]){ "HALYARD_SERVICE=queued", NULL },
                   "halyard-queued %s: %u messages in the spool", HALYARD_VERSION,

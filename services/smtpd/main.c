@@ -549,15 +549,9 @@ int main(int argc, char **argv) {
         if (n_listeners == 0)
                 return log_error("No SMTP listener: start through the halyard-smtpd-*.socket units or pass --listen-smtp=ADDR:PORT"), 1;
 
-        int fd = daemon_take_listen_fd(m.daemon, "varlink");
-        if (fd >= 0)
-                r = varlink_server_listen_fd(m.varlink, fd);
-        else if (listen_varlink)
-                r = varlink_server_listen_address(m.varlink, listen_varlink, 0666);
-        else
-                r = 0;
+        r = daemon_listen_varlink(m.daemon, m.varlink, listen_varlink, NULL);
         if (r < 0)
-                return log_error_errno(r, "Failed to listen for varlink: %m"), 1;
+                return 1;
         if (daemon_n_listen_fds_left(m.daemon) > 0)
                 log_warning("%zu inherited sockets with unknown names ignored", daemon_n_listen_fds_left(m.daemon));
 

@@ -7,7 +7,6 @@
  * sends the reports. Keeps its journal and reports in $STATE_DIRECTORY (or
  * --state=DIR). Reads [TlsRpt] and [DNS] from the halyard configuration;
  * SIGHUP reloads it, SIGTERM writes what is queued and exits. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,44 +217,19 @@ static void manager_free(Manager *m) {
 }
 
 int main(int argc, char **argv) {
-        static const struct option options[] = {
-                { "help", no_argument, NULL, 'h' },
-                { "check", no_argument, NULL, 'c' },
-                { "config", required_argument, NULL, 'C' },
-                { "listen", required_argument, NULL, 'l' },
-                { "state", required_argument, NULL, 's' },
-                {}
-        };
         _cleanup_(manager_free) Manager m = {};
-        const char *listen = NULL, *state = NULL;
-        bool check = false;
-        int c, r;
+        DaemonCommandLine cl;
+        int r;
 
-        m.config_path = config_default_path();
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
-                switch (c) {
-                case 'h':
-                        printf("Usage: halyard-tlsrptd [--check] [--config=PATH] [--listen=unix:/path] [--state=DIR]\n");
-                        return 0;
-                case 'c':
-                        check = true;
-                        break;
-                case 'C':
-                        m.config_path = optarg;
-                        break;
-                case 'l':
-                        listen = optarg;
-                        break;
-                case 's':
-                        state = optarg;
-                        break;
-                default:
-                        return 2;
-                }
+        r = daemon_parse_command_line(argc, argv, "halyard-tlsrptd", "state", &cl);
+        if (r != 0)
+                return r > 0 ? 0 : 2;
+        m.config_path = cl.config_path;
+        const char *state = cl.directory;
 
         log_setup("halyard-tlsrptd", LOG_TARGET_AUTO);
         r = manager_load_config(&m, m.config_path);
-        if (check || r < 0) {
+        if (cl.check || r < 0) {
                 if (r < 0)
                         log_error("Refusing to start with a bad configuration (%s)", m.config_path);
                 return r < 0 ? 1 : 0;
@@ -301,15 +275,9 @@ int main(int argc, char **argv) {
         r = tlsrptd_varlink_setup(&m);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up varlink: %m"), 1;
-        int fd = daemon_take_listen_fd(m.daemon, "varlink");
-        if (fd >= 0)
-                r = varlink_server_listen_fd(m.varlink, fd);
-        else if (listen)
-                r = varlink_server_listen_address(m.varlink, listen, 0666);
-        else
-                return log_error("No listening socket: start through halyard-tlsrptd.socket or pass --listen=unix:/path"), 1;
+        r = daemon_listen_varlink(m.daemon, m.varlink, cl.listen, "halyard-tlsrptd.socket");
         if (r < 0)
-                return log_error_errno(r, "Failed to listen: %m"), 1;
+                return 1;
 
         TlsRptDay *today = tlsrpt_store_get_day(m.store, manager_today());
         log_event(LOG_INFO, LOG_MESSAGE_SERVICE_STARTED, (const char *[]){ "HALYARD_SERVICE=tlsrptd", NULL },

@@ -4,7 +4,6 @@
  * (halyard-testd.socket: /run/halyard/io.halyard.Test), or on --listen=ADDRESS
  * for development. Reads [Test] from the halyard configuration, the optional
  * credential "test-secret", and answers SIGHUP (reload) and SIGTERM (drain). */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,39 +100,17 @@ static void manager_free(Manager *m) {
 }
 
 int main(int argc, char **argv) {
-        static const struct option options[] = {
-                { "help", no_argument, NULL, 'h' },
-                { "check", no_argument, NULL, 'c' },
-                { "config", required_argument, NULL, 'C' },
-                { "listen", required_argument, NULL, 'l' },
-                {}
-        };
         _cleanup_(manager_free) Manager m = {};
-        const char *listen = NULL;
-        bool check = false;
-        int c, r;
+        DaemonCommandLine cl;
+        int r;
 
-        m.config_path = config_default_path();
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
-                switch (c) {
-                case 'h':
-                        printf("Usage: halyard-testd [--check] [--config=PATH] [--listen=unix:/path]\n");
-                        return 0;
-                case 'c':
-                        check = true;
-                        break;
-                case 'C':
-                        m.config_path = optarg;
-                        break;
-                case 'l':
-                        listen = optarg;
-                        break;
-                default:
-                        return 2;
-                }
+        r = daemon_parse_command_line(argc, argv, "halyard-testd", NULL, &cl);
+        if (r != 0)
+                return r > 0 ? 0 : 2;
+        m.config_path = cl.config_path;
 
         log_setup("halyard-testd", LOG_TARGET_AUTO);
-        if (check) {
+        if (cl.check) {
                 r = manager_load_config(&m, m.config_path);
                 return r < 0 ? 1 : 0;
         }
@@ -156,17 +133,9 @@ int main(int argc, char **argv) {
         if (r < 0)
                 return log_error_errno(r, "Failed to set up service glue: %m"), 1;
 
-        int fd = daemon_take_listen_fd(m.daemon, "varlink");
-        if (fd >= 0)
-                r = varlink_server_listen_fd(m.varlink, fd);
-        else if (listen)
-                r = varlink_server_listen_address(m.varlink, listen, 0666);
-        else {
-                log_error("No listening socket: start through halyard-testd.socket or pass --listen=unix:/path");
-                return 1;
-        }
+        r = daemon_listen_varlink(m.daemon, m.varlink, cl.listen, "halyard-testd.socket");
         if (r < 0)
-                return log_error_errno(r, "Failed to listen: %m"), 1;
+                return 1;
 
         _cleanup_free_ char *secret = NULL;
         r = daemon_read_credential("test-secret", 4096, &secret, NULL);

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "daemon.h"
 #include "log.h"
 #include "tap.h"
@@ -368,6 +370,57 @@ TEST(listen_fds_by_name) {
                 close(varlink);
         }
         reset_environment();
+}
+
+static int parse(const char *directory_option, DaemonCommandLine *cl, ...) {
+        char *argv[16] = { (char *) "halyard-x" };
+        int argc = 1;
+        va_list ap;
+        va_start(ap, cl);
+        for (char *a; (a = va_arg(ap, char *)) && argc < 15;)
+                argv[argc++] = a;
+        va_end(ap);
+        return daemon_parse_command_line(argc, argv, "halyard-x", directory_option, cl);
+}
+
+TEST(command_line) {
+        DaemonCommandLine cl;
+
+        ASSERT_OK(parse("spool", &cl, NULL));
+        ASSERT_STREQ(cl.config_path, config_default_path());
+        ASSERT_NULL(cl.listen);
+        ASSERT_NULL(cl.directory);
+        ASSERT_FALSE(cl.check);
+
+        ASSERT_EQ(parse("spool", &cl, "--check", "--config=/etc/x.conf", "--listen", "unix:/run/x",
+                        "--spool=/var/spool/x", NULL), 0);
+        ASSERT_TRUE(cl.check);
+        ASSERT_STREQ(cl.config_path, "/etc/x.conf");
+        ASSERT_STREQ(cl.listen, "unix:/run/x");
+        ASSERT_STREQ(cl.directory, "/var/spool/x");
+
+        /* Parsed again from the start (getopt keeps its place otherwise). */
+        ASSERT_OK(parse("state", &cl, "--state=/var/lib/x", NULL));
+        ASSERT_STREQ(cl.directory, "/var/lib/x");
+        ASSERT_FALSE(cl.check);
+
+        /* A service without a directory option does not take one. */
+        ASSERT_ERR(parse(NULL, &cl, "--spool=/tmp", NULL), -EINVAL);
+        ASSERT_ERR(parse("spool", &cl, "--bogus", NULL), -EINVAL);
+        ASSERT_ERR(parse("spool", &cl, "--config", NULL), -EINVAL);
+        ASSERT_ERR(parse("spool", &cl, "stray", NULL), -EINVAL);
+
+        /* The usage goes to stdout, which carries TAP here: away with it. */
+        fflush(stdout);
+        int saved = dup(STDOUT_FILENO), null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        ASSERT_OK(saved);
+        ASSERT_OK(dup2(null, STDOUT_FILENO));
+        int r = parse(NULL, &cl, "--help", NULL);
+        fflush(stdout);
+        ASSERT_OK(dup2(saved, STDOUT_FILENO));
+        close(saved);
+        close(null);
+        ASSERT_EQ(r, 1);
 }
 
 /* A fresh loop per step, created after fds 3 and 4 are in place. */
