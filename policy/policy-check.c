@@ -409,6 +409,31 @@ static void check_verdict_options(Checker *ck, const PolicyBuiltin *b, const Pol
                 error(ck, e, "%s(): enhanced must be [class, subject, detail]", b->name);
 }
 
+/* A literal option value must be one of choices (NULL-terminated); a value
+ * computed at run time is checked by whoever takes it. */
+static void check_option_choice(Checker *ck, const PolicyBuiltin *b, const PolicyNode *opts, const char *key,
+                                const char *const *choices) {
+        const PolicyNode *v = option_value(opts, key);
+        if (!v || v->kind != NODE_LITERAL)
+                return;
+        const char *s = policy_value_type(v->value) == POLICY_TYPE_STRING ? policy_value_string(v->value, NULL) : NULL;
+        char list[160] = "";
+        for (size_t i = 0; choices[i]; i++) {
+                if (s && strcmp(s, choices[i]) == 0)
+                        return;
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", choices[i]);
+        }
+        error(ck, v, "%s(): %s must be one of %s", b->name, key, list);
+}
+
+static void check_sign_options(Checker *ck, const PolicyBuiltin *b, const PolicyNode *opts) {
+        static const char *const canonicalizations[] = { "relaxed/relaxed", "relaxed/simple", "simple/relaxed",
+                                                         "simple/simple", "relaxed", "simple", NULL };
+        static const char *const algorithms[] = { "rsa-sha256", "ed25519-sha256", NULL };
+        check_option_choice(ck, b, opts, "canonicalization", canonicalizations);
+        check_option_choice(ck, b, opts, "algorithm", algorithms);
+}
+
 static void compile_regex(Checker *ck, PolicyNode *at, PolicyNode *lit, regex_t **ret) {
         if (!lit || lit->kind != NODE_LITERAL || policy_value_type(lit->value) != POLICY_TYPE_STRING) {
                 error(ck, at, "the regex must be a string literal (it is compiled at load)");
@@ -514,6 +539,8 @@ static void check_builtin_call(Checker *ck, PolicyNode *n, const PolicyBuiltin *
                         }
                         if (b->kind == POLICY_BUILTIN_FINAL)
                                 check_verdict_options(ck, b, opts);
+                        else if (strcmp(b->name, "signDKIM") == 0)
+                                check_sign_options(ck, b, opts);
                 }
         }
         if (!method && strcmp(name, "log") == 0 && argc > 0 && n->items[0]->kind == NODE_LITERAL &&

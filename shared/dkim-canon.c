@@ -16,6 +16,18 @@ DkimCanon dkim_canon_from_string(const char *s, size_t n) {
         return _DKIM_CANON_INVALID;
 }
 
+int dkim_canon_pair_from_string(const char *s, size_t n, DkimCanon *ret_header, DkimCanon *ret_body) {
+        const char *slash = memchr(s, '/', n);
+        size_t hl = slash ? (size_t) (slash - s) : n;
+        DkimCanon h = dkim_canon_from_string(s, hl);
+        DkimCanon b = slash ? dkim_canon_from_string(slash + 1, n - hl - 1) : DKIM_CANON_SIMPLE;
+        if (h < 0 || b < 0)
+                return -EINVAL;
+        *ret_header = h;
+        *ret_body = b;
+        return 0;
+}
+
 const char *dkim_canon_to_string(DkimCanon c) {
         switch (c) {
         case DKIM_CANON_SIMPLE:

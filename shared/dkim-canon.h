@@ -32,6 +32,9 @@ typedef enum DkimCanon {
 /* "simple"/"relaxed" -> enum; _DKIM_CANON_INVALID otherwise. */
 DkimCanon dkim_canon_from_string(const char *s, size_t n);
 const char *dkim_canon_to_string(DkimCanon c);
+/* A c= value: "header/body", or "header" alone with a simple body (RFC 6376
+ * §3.5). 0, or -EINVAL with nothing stored. */
+int dkim_canon_pair_from_string(const char *s, size_t n, DkimCanon *ret_header, DkimCanon *ret_body);
 
 /* Canonicalizes one raw header field (name, colon, value, with or without
  * the final CRLF) into out, which must have room for n + 2 bytes. The

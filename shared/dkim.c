@@ -382,16 +382,8 @@ int dkim_signature_parse(DkimSigKind kind, const char *value, size_t n,
                 memcpy(s->body_hash, bh, DKIM_SHA256_LEN);
 
                 t = dkim_tags_get(&tags, "c");
-                if (t) {
-                        const char *slash = memchr(t->value, '/', t->value_len);
-                        size_t hl = slash ? (size_t) (slash - t->value) : t->value_len;
-                        int hc = dkim_canon_from_string(t->value, hl);
-                        int bc = slash ? dkim_canon_from_string(slash + 1, t->value_len - hl - 1) : DKIM_CANON_SIMPLE;
-                        if (hc < 0 || bc < 0)
-                                FAIL("invalid c= tag");
-                        s->header_canon = hc;
-                        s->body_canon = bc;
-                }
+                if (t && dkim_canon_pair_from_string(t->value, t->value_len, &s->header_canon, &s->body_canon) < 0)
+                        FAIL("invalid c= tag");
 
                 t = dkim_tags_get(&tags, "h");
                 if (!t)

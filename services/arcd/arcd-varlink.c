@@ -1274,19 +1274,15 @@ static int method_seal(Varlink *link, json_object *params, VarlinkCallFlags flag
         if (job_new(m, link, ARCD_METHOD_SEAL, params, &j) <= 0)
                 return 0;
         const char *domain = opt_string(params, "domain"), *selector = opt_string(params, "selector");
-        if (domain && !selector) {
+        if (domain && !selector)
                 /* ARC wants rsa-sha256 (receivers do not take Ed25519 seals). */
-                for (size_t i = 0; i < j->settings->n_keys && !j->key; i++)
-                        if (strcasecmp(j->settings->keys[i].domain, domain) == 0 &&
-                            j->settings->keys[i].algorithm == DKIM_ALGORITHM_RSA_SHA256)
-                                j->key = &j->settings->keys[i];
-                if (!j->key)
-                        j->key = settings_find_key(j->settings, domain, NULL);
-        } else if (domain)
-                j->key = settings_find_key(j->settings, domain, selector);
+                j->key = settings_find_key(j->settings, domain, NULL, DKIM_ALGORITHM_RSA_SHA256)
+                                 ?: settings_find_key(j->settings, domain, NULL, _DKIM_ALGORITHM_INVALID);
+        else if (domain)
+                j->key = settings_find_key(j->settings, domain, selector, _DKIM_ALGORITHM_INVALID);
         else
                 j->key = settings_find_key(j->settings, j->settings->seal_domain,
-                                           selector ? selector : j->settings->seal_selector);
+                                           selector ? selector : j->settings->seal_selector, _DKIM_ALGORITHM_INVALID);
         if (!j->key) {
                 job_error(j, "io.halyard.Arc.NoKey", "domain",
                           domain ? domain : j->settings->seal_domain ? j->settings->seal_domain : "");
@@ -1321,7 +1317,14 @@ static int method_sign(Varlink *link, json_object *params, VarlinkCallFlags flag
         if (job_new(m, link, ARCD_METHOD_SIGN, params, &j) <= 0)
                 return 0;
         const char *domain = opt_string(params, "domain"), *selector = opt_string(params, "selector");
-        j->key = settings_find_key(j->settings, domain, selector);
+        const char *algorithm = opt_string(params, "algorithm"), *canon = opt_string(params, "canonicalization");
+        DkimAlgorithm alg = algorithm ? dkim_algorithm_from_string(algorithm, strlen(algorithm)) : _DKIM_ALGORITHM_INVALID;
+        if (algorithm && alg < 0)
+                return job_bad_param(j, "algorithm");
+        DkimCanon header_canon = DKIM_CANON_RELAXED, body_canon = DKIM_CANON_RELAXED;
+        if (canon && dkim_canon_pair_from_string(canon, strlen(canon), &header_canon, &body_canon) < 0)
+                return job_bad_param(j, "canonicalization");
+        j->key = settings_find_key(j->settings, domain, selector, alg);
         if (!j->key) {
                 if (j->finished)
                         return 0;
@@ -1356,6 +1359,8 @@ static int method_sign(Varlink *link, json_object *params, VarlinkCallFlags flag
                 .selector = j->key->selector,
                 .key = j->key->key,
                 .algorithm = j->key->algorithm,
+                .header_canon = header_canon,
+                .body_canon = body_canon,
                 .headers = (const char *const *) j->sign_headers,
                 .timestamp = (uint64_t) time(NULL),
         };

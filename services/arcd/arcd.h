@@ -79,7 +79,9 @@ extern const ConfigKey arcd_config_keys[];
 Settings *settings_ref(Settings *s);
 Settings *settings_unref(Settings *s);
 /* selector NULL: the domain's first key. */
-const ArcdKey *settings_find_key(const Settings *s, const char *domain, const char *selector);
+/* The first key of domain (and selector, when not NULL) whose algorithm is
+ * algorithm, or any when that is _DKIM_ALGORITHM_INVALID. */
+const ArcdKey *settings_find_key(const Settings *s, const char *domain, const char *selector, DkimAlgorithm algorithm);
 
 /* arcd-dns.c: a TTL-honouring cache of DNS answers in front of the resolver. */
 int dns_cache_new(size_t max, DnsCache **ret);

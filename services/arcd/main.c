@@ -53,12 +53,13 @@ Settings *settings_unref(Settings *s) {
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(Settings *, settings_unref)
 
-const ArcdKey *settings_find_key(const Settings *s, const char *domain, const char *selector) {
+const ArcdKey *settings_find_key(const Settings *s, const char *domain, const char *selector, DkimAlgorithm algorithm) {
         if (!s || !domain)
                 return NULL;
         for (size_t i = 0; i < s->n_keys; i++)
                 if (strcasecmp(s->keys[i].domain, domain) == 0 &&
-                    (!selector || strcmp(s->keys[i].selector, selector) == 0))
+                    (!selector || strcmp(s->keys[i].selector, selector) == 0) &&
+                    (algorithm < 0 || s->keys[i].algorithm == algorithm))
                         return &s->keys[i];
         return NULL;
 }
@@ -182,7 +183,7 @@ static int settings_from_config(Config *c, const char *path, Settings **ret) {
                                 return key_error(c, path, "Key", "invalid domain \"%s\" in Key=", words[i]);
                         if (!dkim_domain_valid(k->selector, strlen(k->selector)))
                                 return key_error(c, path, "Key", "invalid selector \"%s\" in Key=", words[i + 1]);
-                        if (settings_find_key(s, k->domain, k->selector) != k)
+                        if (settings_find_key(s, k->domain, k->selector, _DKIM_ALGORITHM_INVALID) != k)
                                 return key_error(c, path, "Key", "key %s/%s given twice", k->domain, k->selector);
                         r = load_key(c, path, k);
                         if (r < 0)

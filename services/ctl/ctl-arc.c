@@ -5,7 +5,8 @@
  *                                       SPF, DKIM, DMARC, ARC and the A-R field
  *   seal FILE [--domain D --selector S] [--auth-results STR]
  *                                       prints the sealed message
- *   sign FILE --domain D [--selector S] prints the signed message
+ *   sign FILE --domain D [--selector S] [--canonicalization C] [--algorithm A]
+ *                                       prints the signed message
  * FILE "-" is standard input. The message travels as a file descriptor. */
 #include <errno.h>
 #include <fcntl.h>
@@ -189,7 +190,8 @@ int verb_arc(const CtlOptions *o, int argc, char **argv) {
                 fprintf(stderr, "Usage: halyardctl arc validate FILE\n"
                                 "       halyardctl arc authenticate FILE [--ip=IP] [--helo=NAME] [--from=ADDRESS]\n"
                                 "       halyardctl arc seal FILE [--domain=D] [--selector=S] [--auth-results=TEXT]\n"
-                                "       halyardctl arc sign FILE --domain=D [--selector=S]\n");
+                                "       halyardctl arc sign FILE --domain=D [--selector=S] [--canonicalization=C]\n"
+                                "                          [--algorithm=A]\n");
                 return CTL_EXIT_USAGE;
         }
         if (strcmp(verb, "sign") == 0 && !o->domain) {
@@ -224,6 +226,8 @@ int verb_arc(const CtlOptions *o, int argc, char **argv) {
         } else {
                 add_opt(p, "domain", o->domain);
                 add_opt(p, "selector", o->arc_selector);
+                add_opt(p, "canonicalization", o->arc_canonicalization);
+                add_opt(p, "algorithm", o->arc_algorithm);
                 method = "Sign";
         }
         r = arc_call(o, method, p, fd, &link, &reply);

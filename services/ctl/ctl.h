@@ -24,6 +24,7 @@ typedef struct CtlOptions {
         const char *state, *domain, *sender;
         /* arc authenticate/seal/sign */
         const char *arc_ip, *arc_helo, *arc_from, *arc_selector, *arc_auth_results;
+        const char *arc_canonicalization, *arc_algorithm;
 } CtlOptions;
 
 /* Exit codes. */

@@ -37,7 +37,8 @@ static void help(void) {
                "                                  SPF, DKIM, DMARC, ARC and the Authentication-Results\n"
                "  arc seal FILE [--domain=D --selector=S] [--auth-results=TEXT]\n"
                "                                  Print the message with a new ARC set\n"
-               "  arc sign FILE --domain=D [--selector=S]  Print the message DKIM-signed\n"
+               "  arc sign FILE --domain=D [--selector=S] [--canonicalization=C] [--algorithm=A]\n"
+               "                                  Print the message DKIM-signed\n"
                "\n"
                "Options:\n"
                "  -h --help            Show this help\n"
@@ -56,7 +57,8 @@ static void help(void) {
 
 int main(int argc, char **argv) {
         enum { ARG_VERSION = 0x100, ARG_MORE, ARG_ONEWAY, ARG_JSON, ARG_TIMEOUT, ARG_RUNTIME_DIR, ARG_STATE, ARG_DOMAIN, ARG_SENDER,
-               ARG_IP, ARG_HELO, ARG_FROM, ARG_SELECTOR, ARG_AUTH_RESULTS };
+               ARG_IP, ARG_HELO, ARG_FROM, ARG_SELECTOR, ARG_AUTH_RESULTS, ARG_CANONICALIZATION,
+               ARG_ALGORITHM };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
@@ -74,6 +76,8 @@ int main(int argc, char **argv) {
                 { "from", required_argument, NULL, ARG_FROM },
                 { "selector", required_argument, NULL, ARG_SELECTOR },
                 { "auth-results", required_argument, NULL, ARG_AUTH_RESULTS },
+                { "canonicalization", required_argument, NULL, ARG_CANONICALIZATION },
+                { "algorithm", required_argument, NULL, ARG_ALGORITHM },
                 {}
         };
         static const struct {
@@ -164,6 +168,12 @@ int main(int argc, char **argv) {
                         break;
                 case ARG_AUTH_RESULTS:
                         o.arc_auth_results = optarg;
+                        break;
+                case ARG_CANONICALIZATION:
+                        o.arc_canonicalization = optarg;
+                        break;
+                case ARG_ALGORITHM:
+                        o.arc_algorithm = optarg;
                         break;
                 default:
                         return CTL_EXIT_USAGE;

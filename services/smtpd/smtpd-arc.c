@@ -123,6 +123,8 @@ typedef struct ArcOp {
         char *selector;
         char *auth_results;      /* Seal: the AAR body; NULL: ours */
         json_object *headers;    /* Sign: the h= list, or NULL */
+        char *canonicalization;  /* Sign: c=, or NULL for arcd's relaxed/relaxed */
+        char *algorithm;         /* Sign: which of the domain's keys, or NULL */
         bool from_policy;
 } ArcOp;
 
@@ -164,6 +166,8 @@ static void op_done(ArcOp *op) {
         free(op->selector);
         free(op->auth_results);
         json_object_put(op->headers);
+        free(op->canonicalization);
+        free(op->algorithm);
         *op = (ArcOp) {};
 }
 
@@ -722,8 +726,12 @@ static int commit_start_next(SmtpdArcTxn *t) {
                         add_str(p, "clientIp", f.ip);
                         add_str(p, "helo", f.helo[0] ? f.helo : NULL);
                         add_str(p, "mailFrom", f.mail_from);
-                } else if (op->headers)
-                        json_object_object_add(p, "headers", json_object_get(op->headers));
+                } else {
+                        if (op->headers)
+                                json_object_object_add(p, "headers", json_object_get(op->headers));
+                        add_str(p, "canonicalization", op->canonicalization);
+                        add_str(p, "algorithm", op->algorithm);
+                }
                 int r = txn_call(t, op->seal ? "io.halyard.Arc.Seal" : "io.halyard.Arc.Sign", p, *f.memfd,
                                  c->timeout_usec, on_op_reply);
                 if (r >= 0)
@@ -1171,9 +1179,18 @@ static PolicyValue *record_op(SmtpdArcTxn *t, const PolicyCall *c, bool seal) {
                 op->auth_results = arg_strdup(c, 4);
         size_t opts_at = seal ? 5 : base + 3;
         PolicyValue *opts = c->n_args > opts_at ? c->args[opts_at] : NULL;
-        PolicyValue *h = opts && policy_value_type(opts) == POLICY_TYPE_ARRAY ? policy_array_get_str(opts, "headers") : NULL;
+        bool have_opts = opts && policy_value_type(opts) == POLICY_TYPE_ARRAY;
+        PolicyValue *h = have_opts ? policy_array_get_str(opts, "headers") : NULL;
         if (!seal && h && policy_value_type(h) == POLICY_TYPE_ARRAY && policy_value_to_json(h, &op->headers) < 0)
                 op->headers = NULL;
+        if (!seal && have_opts) {
+                PolicyValue *canon = policy_array_get_str(opts, "canonicalization");
+                PolicyValue *alg = policy_array_get_str(opts, "algorithm");
+                if (canon && policy_value_type(canon) == POLICY_TYPE_STRING)
+                        op->canonicalization = strdup(policy_value_string(canon, NULL));
+                if (alg && policy_value_type(alg) == POLICY_TYPE_STRING)
+                        op->algorithm = strdup(policy_value_string(alg, NULL));
+        }
         if (!op->domain || !op->selector) {
                 op_done(op);
                 t->n_ops--;

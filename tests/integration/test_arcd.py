@@ -423,6 +423,41 @@ class ArcdTest(unittest.TestCase):
         self.assertRegex(h.replace("\r\n\t", " "), r"h=from: ?subject;")
         self.assertTrue(dkim.verify(h.encode() + msg, dnsfunc=self.dnsfunc))
 
+    def test_sign_canonicalization(self):
+        # Body whitespace that only relaxed body canonicalization forgives.
+        msg = message("sign canon", body="spaced  out \r\n")
+        for canon, want in (("simple/simple", "simple/simple"), ("relaxed/simple", "relaxed/simple"),
+                            ("simple", "simple/simple"), ("relaxed", "relaxed/simple"),
+                            ("simple/relaxed", "simple/relaxed")):
+            with self.subTest(canon=canon):
+                h = self.arcd.ok("Sign", {"domain": ZONE, "canonicalization": canon}, msg)["header"]
+                self.assertIn("c=%s;" % want, h)
+                self.assertTrue(dkim.verify(h.encode() + msg, dnsfunc=self.dnsfunc))
+                a = self.arcd.ok("Authenticate", {"checks": ["dkim"]}, h.encode() + msg)
+                self.assertEqual(a["dkim"][0]["result"], "pass", a)
+                # A simple body breaks when the whitespace changes; relaxed does not.
+                changed = msg.replace(b"spaced  out \r\n", b"spaced out\r\n")
+                self.assertEqual(dkim.verify(h.encode() + changed, dnsfunc=self.dnsfunc), want.endswith("relaxed"))
+        for bad in ("loose", "relaxed/", "/simple", "relaxed/simple/simple", "RELAXED"):
+            r = self.arcd.call("Sign", {"domain": ZONE, "canonicalization": bad}, msg)
+            self.assertEqual(r.get("error"), "org.varlink.service.InvalidParameter", (bad, r))
+            self.assertEqual(r["parameters"]["parameter"], "canonicalization")
+
+    def test_sign_algorithm_picks_the_key(self):
+        msg = message("sign algorithm")
+        h = self.arcd.ok("Sign", {"domain": ZONE, "algorithm": "ed25519-sha256"}, msg)["header"]
+        self.assertIn("a=ed25519-sha256;", h)
+        self.assertIn("s=ed1;", h)
+        self.assertTrue(dkim.verify(h.encode() + msg, dnsfunc=self.dnsfunc))
+        h = self.arcd.ok("Sign", {"domain": ZONE, "algorithm": "rsa-sha256"}, msg)["header"]
+        self.assertIn("s=rsa1;", h)
+        # The selector's key is of the other kind: no such key.
+        r = self.arcd.call("Sign", {"domain": ZONE, "selector": "rsa1", "algorithm": "ed25519-sha256"}, msg)
+        self.assertEqual(r.get("error"), "io.halyard.Arc.NoKey", r)
+        r = self.arcd.call("Sign", {"domain": ZONE, "algorithm": "rsa-sha1"}, msg)
+        self.assertEqual(r.get("error"), "org.varlink.service.InvalidParameter", r)
+        self.assertEqual(r["parameters"]["parameter"], "algorithm")
+
     def test_bad_message(self):
         r = self.arcd.call("Sign", {"domain": ZONE}, b"Subject: no from\r\n\r\nbody\r\n")
         self.assertEqual(r.get("error"), "io.halyard.Arc.BadMessage", r)
@@ -528,6 +563,11 @@ class ArcdTest(unittest.TestCase):
         # sign from standard input.
         rc, out, err = halyardctl("--runtime-dir", run, "arc", "sign", "-", "--domain", ZONE, input=message("ctl"))
         self.assertEqual(rc, 0, err)
+        self.assertTrue(dkim.verify(out.encode(), dnsfunc=self.dnsfunc))
+        rc, out, err = halyardctl("--runtime-dir", run, "arc", "sign", "-", "--domain", ZONE,
+                                  "--canonicalization=simple", "--algorithm=ed25519-sha256", input=message("ctl"))
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^DKIM-Signature: v=1; a=ed25519-sha256; c=simple/simple;")
         self.assertTrue(dkim.verify(out.encode(), dnsfunc=self.dnsfunc))
         # A broken chain: exit status 1.
         f.write_bytes(self.py_chain(2) + b"tampered\r\n")

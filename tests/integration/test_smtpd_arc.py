@@ -65,7 +65,8 @@ on eod {
     $mail = $arguments["mail"];
     $mail->addHeader("X-Test-Mailfrom-SPF", $context["spf_at_mailfrom"] ?? "unset");
     if ($transaction["sender"]["domain"] == "submit.halyard.test")
-        $mail->signDKIM("s2026", "submit.halyard.test", "pki:dkim-submit.halyard.test");
+        $mail->signDKIM("s2026", "submit.halyard.test", "pki:dkim-submit.halyard.test",
+                        ["canonicalization" => "simple/simple", "algorithm" => "rsa-sha256"]);
     $spf = spf_result();
     $dmarc = dmarc_result();
     $dkim = dkim_result();
@@ -424,6 +425,9 @@ class ArcTest(unittest.TestCase):
         names = [l.split(":", 1)[0] for l in head.split("\r\n") if l and l[0] not in " \t"]
         self.assertEqual(names[:4], ["ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results",
                                      "DKIM-Signature"], head)
+        signature = re.search(r"(?m)^DKIM-Signature:.*(?:\r\n[ \t].*)*", head).group(0)
+        self.assertIn("c=simple/simple;", signature)   # the policy's options reach arcd
+        self.assertIn("a=rsa-sha256;", signature)
         self.assertTrue(dkim.verify(data[data.index(b"DKIM-Signature:"):], dnsfunc=self.dnsfunc))
         self.assertTrue(dkim.verify(data, dnsfunc=self.dnsfunc))
         cv, results, reason = dkim.arc_verify(data, dnsfunc=self.dnsfunc)
