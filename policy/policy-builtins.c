@@ -512,7 +512,10 @@ static int bi_ar_add_method(PolicyBuiltinCtx *ctx, PolicyValue **a, size_t n, Po
 
 static const char *const opts_accept[] = { "reason", "code", "enhanced", "username", NULL };
 static const char *const opts_reject[] = { "reason", "code", "enhanced", "disconnect", NULL };
-static const char *const opts_queue[] = { "transport", "source_ip", "helo", "sender", "hold", "delay", NULL };
+/* Queue()'s choices are per recipient, as queued keeps them; a held or
+ * delayed recipient would hold back the whole message, so those are not
+ * offered (the check refuses them). */
+static const char *const opts_queue[] = { "transport", "source_ip", "sender", "helo", NULL };
 static const char *const opts_header[] = { "position", "encode", NULL };
 static const char *const opts_timeout[] = { "timeout", NULL };
 static const char *const opts_dns[] = { "type", "timeout", NULL };

@@ -66,8 +66,19 @@ static void print_message(json_object *msg, bool detailed) {
                 const char *err = json_object_get_string(json_object_object_get(rc, "lastError"));
                 printf("%52s%s (%s", "", json_object_get_string(json_object_object_get(rc, "address")),
                        json_object_get_string(json_object_object_get(rc, "state")));
-                if (detailed)
+                if (detailed) {
                         printf(", %d attempts", json_object_get_int(json_object_object_get(rc, "attempts")));
+                        /* The policy's choices for it, as stored. */
+                        static const char *const choices[][2] = {
+                                { "route", "route" }, { "sourceAddress", "from address" },
+                                { "sender", "sender" }, { "helo", "EHLO" },
+                        };
+                        for (size_t k = 0; k < ELEMENTSOF(choices); k++) {
+                                const char *v = json_object_get_string(json_object_object_get(rc, choices[k][0]));
+                                if (v)
+                                        printf(", %s %s", choices[k][1], v);
+                        }
+                }
                 printf(")%s%s\n", err ? ": " : "", err ? err : "");
         }
         json_object *next = json_object_object_get(msg, "nextAttemptTime");

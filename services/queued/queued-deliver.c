@@ -96,6 +96,8 @@ typedef struct Delivery {
         uint16_t port;
         const char *route;  /* the recipients' own route (Enqueue's route), borrowed from the envelope; NULL: the domain's */
         const char *source; /* the recipients' own source address (sourceAddress), borrowed; NULL: the configured choice */
+        const char *sender; /* MAIL FROM: the recipients' own sender, else the message's; borrowed */
+        const char *helo;   /* the recipients' own EHLO name, borrowed; NULL: HostName= */
         MxLookup *mx;
         Target *targets;
         size_t n_targets, cur;
@@ -210,6 +212,13 @@ static const char *address_domain(const char *a) {
 
 static json_object *envelope_recipients(Message *msg) {
         return json_object_object_get(msg->envelope, "recipients");
+}
+
+/* The envelope sender for recipient rc: its own (the policy's Queue()
+ * choice), else the message's. */
+static const char *recipient_sender(Message *msg, json_object *rc) {
+        json_object *own = json_object_object_get(rc, "sender");
+        return json_object_get_string(own ?: json_object_object_get(msg->envelope, "sender"));
 }
 
 /* ---- destinations: concurrency per domain ----------------------------------------- */
@@ -451,27 +460,31 @@ static void dsn_committed(Spool *s, const char *id, int error, void *userdata) {
         free(job);
 }
 
-/* Writes a DSN about the recipients of msg in state (failed or delayed) and
- * queues it to the sender. Nothing for the null sender or NOTIFY=NEVER. */
-static void send_dsn(Manager *m, Message *msg, BounceAction action) {
+/* Whether recipient rc belongs in a DSN of this action: failed and not
+ * reported yet (each failure is reported once, as soon as it is known), or
+ * still pending for a delay warning. */
+static bool dsn_wants(json_object *rc, BounceAction action) {
+        const char *state = json_object_get_string(json_object_object_get(rc, "state"));
+        if (action == BOUNCE_ACTION_FAILED)
+                return streq_ptr(state, "failed") && !json_object_get_boolean(json_object_object_get(rc, "reported"));
+        return streq_ptr(state, "pending");
+}
+
+/* Writes a DSN about the recipients of msg whose envelope sender is sender
+ * and queues it to that sender. Nothing for the null sender or NOTIFY=NEVER. */
+static void send_dsn_to(Manager *m, Message *msg, BounceAction action, const char *sender) {
         json_object *rcpts = envelope_recipients(msg);
         size_t n = json_object_array_length(rcpts), k = 0;
-        const char *sender = json_object_get_string(json_object_object_get(msg->envelope, "sender"));
         _cleanup_free_ BounceRecipient *br = calloc(n ? n : 1, sizeof *br);
         _cleanup_free_ char (*types)[32] = calloc(n ? n : 1, sizeof *types);
         if (!br || !types)
                 return;
-        const char *want = action == BOUNCE_ACTION_FAILED ? "failed" : "pending";
         for (size_t i = 0; i < n; i++) {
                 json_object *rc = json_object_array_get_idx(rcpts, i);
-                if (!streq_ptr(json_object_get_string(json_object_object_get(rc, "state")), want))
+                if (!dsn_wants(rc, action) || !streq_ptr(recipient_sender(msg, rc), sender))
                         continue;
-                if (action == BOUNCE_ACTION_FAILED) {
-                        /* Each failure is reported once, as soon as it is known. */
-                        if (json_object_get_boolean(json_object_object_get(rc, "reported")))
-                                continue;
+                if (action == BOUNCE_ACTION_FAILED)
                         json_object_object_add(rc, "reported", json_object_new_boolean(true));
-                }
                 const char *orcpt = json_object_get_string(json_object_object_get(rc, "orcpt"));
                 const char *semi = orcpt ? strchr(orcpt, ';') : NULL;
                 br[k] = (BounceRecipient){
@@ -548,6 +561,26 @@ static void send_dsn(Manager *m, Message *msg, BounceAction action) {
         else
                 log_info("%s: %s notification %s to <%s>", msg->id, action == BOUNCE_ACTION_FAILED ? "non-delivery" : "delay",
                          id, sender);
+}
+
+/* One DSN per envelope sender among the recipients concerned: recipients
+ * the policy gave their own sender report to it, the rest to the message's. */
+static void send_dsn(Manager *m, Message *msg, BounceAction action) {
+        json_object *rcpts = envelope_recipients(msg);
+        size_t n = json_object_array_length(rcpts);
+        for (size_t i = 0; i < n; i++) {
+                json_object *rc = json_object_array_get_idx(rcpts, i);
+                if (!dsn_wants(rc, action))
+                        continue;
+                const char *sender = recipient_sender(msg, rc);
+                bool seen = false;
+                for (size_t j = 0; j < i && !seen; j++) {
+                        json_object *o = json_object_array_get_idx(rcpts, j);
+                        seen = dsn_wants(o, action) && streq_ptr(recipient_sender(msg, o), sender);
+                }
+                if (!seen)
+                        send_dsn_to(m, msg, action, sender);
+        }
 }
 
 static uint64_t retry_delay(Manager *m, unsigned attempts) {
@@ -1032,7 +1065,9 @@ static void on_smtp_event(SmtpClient *c, SmtpClientEvent ev, void *userdata) {
                         }
                 }
                 d->n = 0; /* results recorded */
-                if (smtp_client_usable(c)) {
+                /* A session that greeted with a recipient's own EHLO name is
+                 * not kept: kept sessions are not keyed by it. */
+                if (smtp_client_usable(c) && !d->helo) {
                         idle_park(d->m, TAKE_PTR(d->client), t->host, &t->sa, t->salen, d->lmtp, d->sess.mode);
                         delivery_done(d);
                 } else
@@ -1062,9 +1097,9 @@ static void on_smtp_event(SmtpClient *c, SmtpClientEvent ev, void *userdata) {
 /* The local address for a connection: the sender domain's own, else one of
  * the pool picked by hashing the queue id (stable across retries), in the
  * target's family. False: let the kernel choose. */
-static bool pick_source(Manager *m, Message *msg, const char *want, int family, struct sockaddr_storage *ret,
-                        socklen_t *ret_len) {
-        const char *domain = address_domain(json_object_get_string(json_object_object_get(msg->envelope, "sender")));
+static bool pick_source(Manager *m, Message *msg, const char *sender, const char *want, int family,
+                        struct sockaddr_storage *ret, socklen_t *ret_len) {
+        const char *domain = address_domain(sender);
         const ConfigAddress *pick = NULL;
         ConfigAddress chosen = { .family = family };
         size_t n = 0;
@@ -1113,12 +1148,12 @@ static int delivery_open(Delivery *d, Target *t, SmtpClientOptions *o, bool allo
         struct sockaddr_storage src;
         socklen_t srclen = 0;
 
-        if (pick_source(d->m, d->msg, d->source, t->sa.ss_family, &src, &srclen)) {
+        if (pick_source(d->m, d->msg, d->sender, d->source, t->sa.ss_family, &src, &srclen)) {
                 o->source = (const struct sockaddr *) &src;
                 o->source_len = srclen;
         }
         /* Kept sessions are not keyed by source address: only reused without one. */
-        if (allow_reuse && srclen == 0 && (d->client = idle_take(d->m, t->host, &t->sa, t->salen, d->lmtp, d->sess.mode))) {
+        if (allow_reuse && srclen == 0 && !d->helo && (d->client = idle_take(d->m, t->host, &t->sa, t->salen, d->lmtp, d->sess.mode))) {
                 smtp_client_set_event_handler(d->client, on_smtp_event, d);
                 *ret_reused = true;
                 return 0;
@@ -1141,7 +1176,7 @@ static void delivery_try_next(Delivery *d) {
         SmtpClientOptions o = {
                 .lmtp = d->lmtp,
                 .tls = m->tls_policy,
-                .helo_name = m->hostname,
+                .helo_name = d->helo ?: m->hostname,
                 .peer_name = t->host,
                 .tls_server_name = t->host,
                 .timeouts = m->smtp_timeouts,
@@ -1168,7 +1203,7 @@ static void delivery_try_next(Delivery *d) {
         struct stat st;
         bool eightbit = streq_ptr(json_object_get_string(json_object_object_get(d->msg->envelope, "body")), "eightBitMime");
         SmtpMessage sm = {
-                .from = json_object_get_string(json_object_object_get(d->msg->envelope, "sender")),
+                .from = d->sender,
                 .rcpts = d->rcpts,
                 .n_rcpts = d->n,
                 .fd = d->content_fd,
@@ -1375,7 +1410,7 @@ static TlsLevel delivery_level(Delivery *d) {
 }
 
 static int delivery_start(Manager *m, Message *msg, const char *domain, const char *route, const char *source,
-                          size_t *idx, size_t n) {
+                          const char *sender, const char *helo, size_t *idx, size_t n) {
         Delivery *d = calloc(1, sizeof *d);
         if (!d)
                 return -ENOMEM;
@@ -1383,6 +1418,8 @@ static int delivery_start(Manager *m, Message *msg, const char *domain, const ch
         d->msg = msg;
         d->route = route;
         d->source = source;
+        d->sender = sender;
+        d->helo = helo;
         d->content_fd = -1;
         d->domain = strdup(domain);
         d->idx = idx;
@@ -1469,11 +1506,13 @@ static void message_deliver(Manager *m, Message *msg) {
                 if (taken[i] || !streq_ptr(json_object_get_string(json_object_object_get(rc, "state")), "pending"))
                         continue;
                 const char *domain = address_domain(json_object_get_string(json_object_object_get(rc, "address")));
-                /* One transaction per domain and per route and source the
-                 * policy chose for some recipients (Enqueue's route,
-                 * sourceAddress). */
+                /* One transaction per domain and per route, source, sender
+                 * and EHLO name the policy chose for some recipients
+                 * (Enqueue's route, sourceAddress, sender, helo). */
                 const char *route = json_object_get_string(json_object_object_get(rc, "route"));
                 const char *source = json_object_get_string(json_object_object_get(rc, "sourceAddress"));
+                const char *sender = recipient_sender(msg, rc);
+                const char *helo = json_object_get_string(json_object_object_get(rc, "helo"));
                 unsigned *active = dest_slot(m, domain, true);
                 if (active && *active >= m->max_per_destination) {
                         msg->waiting = true; /* not an attempt: the next round takes it */
@@ -1488,12 +1527,14 @@ static void message_deliver(Manager *m, Message *msg) {
                                 continue;
                         if (strcasecmp(address_domain(json_object_get_string(json_object_object_get(o, "address"))), domain) != 0 ||
                             !streq_ptr(json_object_get_string(json_object_object_get(o, "route")), route) ||
-                            !streq_ptr(json_object_get_string(json_object_object_get(o, "sourceAddress")), source))
+                            !streq_ptr(json_object_get_string(json_object_object_get(o, "sourceAddress")), source) ||
+                            !streq_ptr(recipient_sender(msg, o), sender) ||
+                            !streq_ptr(json_object_get_string(json_object_object_get(o, "helo")), helo))
                                 continue;
                         taken[j] = true;
                         idx[k++] = j;
                 }
-                if (delivery_start(m, msg, domain, route, source, idx, k) < 0)
+                if (delivery_start(m, msg, domain, route, source, sender, helo, idx, k) < 0)
                         free(idx);
         }
         if (--msg->in_flight == 0)

@@ -42,6 +42,14 @@ static bool address_ok(const char *a, bool may_be_empty) {
         return true;
 }
 
+/* An EHLO name we would send: a domain name (letters, digits, hyphens, dots,
+ * at most 255 octets), as RFC 5321 4.1.1.1 wants when not an address literal. */
+static bool helo_name_ok(const char *h) {
+        static const char allowed[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.";
+        size_t n = strlen(h);
+        return n > 0 && n <= 255 && h[0] != '.' && h[0] != '-' && strspn(h, allowed) == n;
+}
+
 typedef struct EnqueueRequest {
         Manager *m;
         Varlink *link;
@@ -137,7 +145,11 @@ static int method_enqueue(Varlink *link, json_object *params, VarlinkCallFlags f
                  * here, not at delivery, when queued would not honour them. */
                 const char *route = json_object_get_string(json_object_object_get(in, "route"));
                 const char *source = json_object_get_string(json_object_object_get(in, "sourceAddress"));
-                if (deliver_check_choice(m, route, source) < 0) {
+                json_object *own_sender = json_object_object_get(in, "sender");
+                json_object *own_helo = json_object_object_get(in, "helo");
+                if (deliver_check_choice(m, route, source) < 0 ||
+                    (own_sender && !address_ok(json_object_get_string(own_sender), true)) ||
+                    (own_helo && !helo_name_ok(json_object_get_string(own_helo)))) {
                         json_object_put(out);
                         json_object_put(list);
                         json_object_put(env);
@@ -147,6 +159,10 @@ static int method_enqueue(Varlink *link, json_object *params, VarlinkCallFlags f
                         json_object_object_add(out, "route", v);
                 if ((v = copy_string_field(in, "sourceAddress")))
                         json_object_object_add(out, "sourceAddress", v);
+                if ((v = copy_string_field(in, "sender")))
+                        json_object_object_add(out, "sender", v);
+                if ((v = copy_string_field(in, "helo")))
+                        json_object_object_add(out, "helo", v);
                 json_object_object_add(out, "state", json_object_new_string("pending"));
                 json_object_object_add(out, "attempts", json_object_new_int(0));
                 json_object_array_add(list, out);
@@ -221,8 +237,10 @@ static json_object *message_info(Manager *m, const Message *msg) {
                 json_object_object_add(out, "address", json_object_get(json_object_object_get(in, "address")));
                 json_object_object_add(out, "state", json_object_get(json_object_object_get(in, "state")));
                 json_object_object_add(out, "attempts", json_object_new_int(json_object_get_int(json_object_object_get(in, "attempts"))));
-                if ((v = json_object_object_get(in, "lastError")))
-                        json_object_object_add(out, "lastError", json_object_get(v));
+                static const char *const choices[] = { "lastError", "route", "sourceAddress", "sender", "helo" };
+                for (size_t k = 0; k < ELEMENTSOF(choices); k++)
+                        if ((v = json_object_object_get(in, choices[k])))
+                                json_object_object_add(out, choices[k], json_object_get(v));
                 json_object_array_add(rcpts, out);
         }
         json_object_object_add(p, "recipients", rcpts);

@@ -1027,10 +1027,15 @@ void smtpd_policy_queue_choices(PolicyValue *actions, json_object *rcpts) {
                                    : rv && policy_value_type(rv) == POLICY_TYPE_ARRAY ? action_str(rv, "address")
                                                                                        : NULL;
                 PolicyValue *opts = policy_array_get_str(a, "options");
-                const char *route = NULL, *source = NULL;
+                const char *route = NULL, *source = NULL, *sender = NULL, *helo = NULL;
                 if (opts && policy_value_type(opts) == POLICY_TYPE_ARRAY) {
                         route = action_str(opts, "transport");
                         source = action_str(opts, "source_ip");
+                        helo = action_str(opts, "helo");
+                        /* sender => "list-bounces@example.org", or an address array */
+                        PolicyValue *sv = policy_array_get_str(opts, "sender");
+                        sender = sv && policy_value_type(sv) == POLICY_TYPE_ARRAY ? action_str(sv, "address")
+                                                                                  : action_str(opts, "sender");
                 }
                 json_object *target = NULL;
                 for (size_t k = 0; addr && !target && k < json_object_array_length(rcpts); k++) {
@@ -1047,10 +1052,16 @@ void smtpd_policy_queue_choices(PolicyValue *actions, json_object *rcpts) {
                  * is the script's decision. */
                 json_object_object_del(target, "route");
                 json_object_object_del(target, "sourceAddress");
+                json_object_object_del(target, "sender");
+                json_object_object_del(target, "helo");
                 if (route)
                         json_object_object_add(target, "route", json_object_new_string(route));
                 if (source)
                         json_object_object_add(target, "sourceAddress", json_object_new_string(source));
+                if (sender)
+                        json_object_object_add(target, "sender", json_object_new_string(sender));
+                if (helo)
+                        json_object_object_add(target, "helo", json_object_new_string(helo));
         }
 }
 

@@ -55,7 +55,8 @@ class Sink:
             async def handle_DATA(self, server, session, envelope):
                 with outer.lock:
                     outer.messages.append({"from": envelope.mail_from, "rcpts": list(envelope.rcpt_tos),
-                                           "content": envelope.original_content, "peer": session.peer})
+                                           "content": envelope.original_content, "peer": session.peer,
+                                           "helo": session.host_name})
                 if lmtp:
                     return "\r\n".join("250 2.0.0 <%s> delivered" % r for r in envelope.rcpt_tos)
                 return "250 2.0.0 Ok: queued"
@@ -205,6 +206,48 @@ class DeliveryTest(unittest.TestCase):
         mon.close()
         self.assertIn(("deferred", "temp@deliver.halyard.test"), events)
         self.assertIn(("bounced", "perm@deliver.halyard.test"), events)
+
+    def test_per_recipient_sender(self):
+        """A recipient's own sender (the policy's Queue(sender => …), a
+        list's bounce address): its own SMTP transaction with that MAIL FROM,
+        and its failures reported to that address, the others' to the
+        message's sender. A recipient's own EHLO name (Queue(helo => …)):
+        its own session greeting with it."""
+        self.addCleanup(setattr, self.sink, "tempfail", self.sink.tempfail)
+        self.sink.tempfail = False
+        q = self.start_queued()
+        lists = "list-bounces@deliver.halyard.test"
+        with q.conn() as c:
+            r = enqueue(c, message("own-sender"), rcpts=(), envid="ENV-OWN-SENDER",
+                        recipients=[{"address": "ok1@deliver.halyard.test", "sender": lists},
+                                    {"address": "ok2@deliver.halyard.test"},
+                                    {"address": "perm1@deliver.halyard.test", "sender": lists},
+                                    {"address": "perm2@deliver.halyard.test"},
+                                    {"address": "ok3@deliver.halyard.test", "sender": lists},
+                                    {"address": "ok4@deliver.halyard.test", "helo": "out.lists.halyard.test"}])
+            qid = r["parameters"]["queueId"]
+            # A sender that is no address is refused, like the message's.
+            bad = enqueue(c, message("own-sender-bad"), rcpts=(),
+                          recipients=[{"address": "ok1@deliver.halyard.test", "sender": "no <address>"}])
+            self.assertEqual(bad.get("error"), "org.varlink.service.InvalidParameter", bad)
+            bad = enqueue(c, message("own-sender-bad"), rcpts=(),
+                          recipients=[{"address": "ok1@deliver.halyard.test", "helo": "bad name\r\nRSET"}])
+            self.assertEqual(bad.get("error"), "org.varlink.service.InvalidParameter", bad)
+        self.wait_for(q, lambda: len(self.sink.find(b"Subject: own-sender")) == 3, 20, "three transactions")
+        got = sorted((m["from"], m["helo"], sorted(m["rcpts"])) for m in self.sink.find(b"Subject: own-sender"))
+        self.assertEqual(got, [("alice@deliver.halyard.test", "out.lists.halyard.test", ["ok4@deliver.halyard.test"]),
+                               ("alice@deliver.halyard.test", "queued.halyard.test", ["ok2@deliver.halyard.test"]),
+                               (lists, "queued.halyard.test", ["ok1@deliver.halyard.test", "ok3@deliver.halyard.test"])])
+        self.wait_for(q, lambda: len([d for d in self.sink.dsns() if "ENV-OWN-SENDER" in d.as_string()]) == 2, 20,
+                      "a DSN to each sender")
+        dsns = {d["To"]: d.as_string() for d in self.sink.dsns() if "ENV-OWN-SENDER" in d.as_string()}
+        self.assertEqual(sorted(dsns), sorted([lists, "alice@deliver.halyard.test"]))
+        self.assertIn("Final-Recipient: rfc822; perm1@deliver.halyard.test", dsns[lists])
+        self.assertNotIn("perm2@", dsns[lists])
+        self.assertIn("Final-Recipient: rfc822; perm2@deliver.halyard.test", dsns["alice@deliver.halyard.test"])
+        self.assertNotIn("perm1@", dsns["alice@deliver.halyard.test"])
+        self.wait_empty(q)
+        self.assertRegex(q.log(), qid + r": to=<ok1@deliver.halyard.test>")
 
     def test_null_mx_bounces_at_once(self):
         q = self.start_queued()

@@ -8,9 +8,10 @@ real peers on loopback:
   transaction; spamd unreachable, or a listener that never answers, gives
   none (within the call's timeout) and the message is accepted, while
   other sessions go on meanwhile. ScanRPD() answers none.
-- Queue(rcpt, [transport => ..., source_ip => ...]): one recipient goes
+- Queue(rcpt, [transport => ..., source_ip => ..., sender => ..., helo => ...]): one recipient goes
   through a named route (queued's Routes=) from a chosen source address
-  (one of SourceAddresses=), the others the default way (Relayhost=); an
+  (one of SourceAddresses=), one with its own envelope sender and EHLO name, the others
+  the default way (Relayhost=); an
   address outside SourceAddresses= is refused by the queue
   (InvalidParameter) and the client gets a 451; the choices are stored
   with the envelope and survive kill -9.
@@ -221,6 +222,8 @@ on eod {
                 Queue($rcpt, [transport => "special", source_ip => "127.0.0.3"]);
             else if ($rcpt["address"] == "literal@example.org")
                 Queue($rcpt, [transport => "[127.0.0.1]:%(special)d"]);
+            else if ($rcpt["address"] == "list@example.org")
+                Queue($rcpt, [sender => "list-bounces@example.org", helo => "lists.example.org"]);
         }
     }
     if ($subject == "bad source")
@@ -371,7 +374,8 @@ class PolicyExtTest(unittest.TestCase):
 
     def test_queue_routes_one_recipient(self):
         code, text = self.send("routed", "marker-routed-1",
-                               rcpts=("special@example.org", "plain@example.org", "literal@example.org"))
+                               rcpts=("special@example.org", "plain@example.org", "literal@example.org",
+                                      "list@example.org"))
         self.assertEqual(code, 250, text)
         special = self.delivered(self.special_sink, "marker-routed-1")
         default = self.delivered(self.default_sink, "marker-routed-1")
@@ -381,7 +385,13 @@ class PolicyExtTest(unittest.TestCase):
         self.assertEqual(rcpts, ["literal@example.org", "special@example.org"])
         peers = {m["rcpts"][0]: m["peer"][0] for m in special}
         self.assertEqual(peers["special@example.org"], "127.0.0.3")
-        self.assertEqual([r for m in default for r in m["rcpts"]], ["plain@example.org"])
+        # list@ goes the default way too, in its own transaction, from the
+        # sender the policy gave it.
+        wait_until(lambda: len(self.default_sink.find(b"marker-routed-1")) >= 2, 20, what="both defaults")
+        default = self.default_sink.find(b"marker-routed-1")
+        self.assertEqual(sorted((m["from"], m["rcpts"], m["helo"]) for m in default),
+                         [("alice@client.test", ["plain@example.org"], "queued.halyard.test"),
+                          ("list-bounces@example.org", ["list@example.org"], "lists.example.org")])
 
     def test_queue_source_outside_pool_refused(self):
         code, text = self.send("bad source", "marker-badsource-1", rcpts=("special@example.org",))
@@ -423,7 +433,7 @@ class PolicyExtTest(unittest.TestCase):
 
 
 class QueueChoiceDurableTest(unittest.TestCase):
-    """A recipient's route and source address are part of the stored
+    """A recipient's route, source address, sender and EHLO name are part of the stored
     envelope: after kill -9 and a restart with the route pointed
     elsewhere, the retry goes through the route by name, from the chosen
     address."""
@@ -439,7 +449,8 @@ class QueueChoiceDurableTest(unittest.TestCase):
         q = Queued(tmp, config=base + "Routes=special=smtp:[127.0.0.1]:%d\n" % closed).start()
         with q.conn() as c:
             r = enqueue(c, b"Subject: durable\r\n\r\nmarker-durable-1\r\n", rcpts=(), recipients=[
-                {"address": "a@example.org", "route": "special", "sourceAddress": "127.0.0.4"}])
+                {"address": "a@example.org", "route": "special", "sourceAddress": "127.0.0.4",
+                 "sender": "bounces@example.net", "helo": "out.example.net"}])
             self.assertIn("parameters", r, r)
             qid = r["parameters"]["queueId"]
 
@@ -448,6 +459,9 @@ class QueueChoiceDurableTest(unittest.TestCase):
                 m = c.call("io.halyard.Queue.Show", {"queueId": qid})["parameters"]["message"]
                 return m["state"] == "deferred" and m["recipients"][0]["attempts"] >= 1
         wait_until(deferred, 20, what="the first attempt to fail")
+        rc, out, err = harness.halyardctl("--runtime-dir=%s" % q.socket.parent, "queue", "show", qid)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("route special, from address 127.0.0.4, sender bounces@example.net, EHLO out.example.net", out)
         q.kill()
         q.config.write_text(base + "Routes=special=smtp:[127.0.0.1]:%d\n" % sink.port)
         q.start()
@@ -457,6 +471,7 @@ class QueueChoiceDurableTest(unittest.TestCase):
         got = wait_until(lambda: sink.find(b"marker-durable-1"), 20, what="the retry through the route")
         self.assertEqual(got[0]["rcpts"], ["a@example.org"])
         self.assertEqual(got[0]["peer"][0], "127.0.0.4")
+        self.assertEqual((got[0]["from"], got[0]["helo"]), ("bounces@example.net", "out.example.net"))
 
 
 if __name__ == "__main__":
