@@ -233,12 +233,14 @@ class DeliveryTest(unittest.TestCase):
             bad = enqueue(c, message("own-sender-bad"), rcpts=(),
                           recipients=[{"address": "ok1@deliver.halyard.test", "helo": "bad name\r\nRSET"}])
             self.assertEqual(bad.get("error"), "org.varlink.service.InvalidParameter", bad)
-        self.wait_for(q, lambda: len(self.sink.find(b"Subject: own-sender")) == 3, 20, "three transactions")
-        got = sorted((m["from"], m["helo"], sorted(m["rcpts"])) for m in self.sink.find(b"Subject: own-sender"))
+        # The DSNs quote the message too: count only what has a sender.
+        copies = lambda: [m for m in self.sink.find(b"Subject: own-sender") if m["from"] not in ("", "<>")]
+        self.wait_for(q, lambda: len(copies()) >= 3, 20, "three transactions")
+        got = sorted((m["from"], m["helo"], sorted(m["rcpts"])) for m in copies())
         self.assertEqual(got, [("alice@deliver.halyard.test", "out.lists.halyard.test", ["ok4@deliver.halyard.test"]),
                                ("alice@deliver.halyard.test", "queued.halyard.test", ["ok2@deliver.halyard.test"]),
                                (lists, "queued.halyard.test", ["ok1@deliver.halyard.test", "ok3@deliver.halyard.test"])])
-        self.wait_for(q, lambda: len([d for d in self.sink.dsns() if "ENV-OWN-SENDER" in d.as_string()]) == 2, 20,
+        self.wait_for(q, lambda: len([d for d in self.sink.dsns() if "ENV-OWN-SENDER" in d.as_string()]) >= 2, 20,
                       "a DSN to each sender")
         dsns = {d["To"]: d.as_string() for d in self.sink.dsns() if "ENV-OWN-SENDER" in d.as_string()}
         self.assertEqual(sorted(dsns), sorted([lists, "alice@deliver.halyard.test"]))
