@@ -1190,6 +1190,29 @@ int varlink_server_bind_full(VarlinkServer *s, const char *method, VarlinkMethod
         return 0;
 }
 
+int varlink_server_new_service(sd_event *e, const char *product, const char *interface_idl,
+                               const VarlinkMethodBinding *methods, size_t n_methods, void *userdata,
+                               VarlinkServer **ret) {
+        const VarlinkServerInfo info = {
+                .vendor = "halyard", .product = product, .version = HALYARD_VERSION, .url = "",
+        };
+        _cleanup_(varlink_server_freep) VarlinkServer *s = NULL;
+        int r = varlink_server_new(e, &info, &s);
+        if (r < 0)
+                return r;
+        varlink_server_set_userdata(s, userdata);
+        r = varlink_server_add_interface(s, interface_idl);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n_methods; i++) {
+                r = varlink_server_bind_full(s, methods[i].method, methods[i].cb, methods[i].flags);
+                if (r < 0)
+                        return r;
+        }
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
 int varlink_server_bind(VarlinkServer *s, const char *method, VarlinkMethod cb) {
         return varlink_server_bind_full(s, method, cb, 0);
 }

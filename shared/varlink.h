@@ -91,6 +91,7 @@ typedef void (*VarlinkDisconnectFn)(VarlinkServer *s, Varlink *link, void *userd
 
 int varlink_server_new(sd_event *e, const VarlinkServerInfo *info, VarlinkServer **ret);
 VarlinkServer *varlink_server_free(VarlinkServer *s);
+DEFINE_TRIVIAL_CLEANUP_FUNC(VarlinkServer *, varlink_server_free);
 void varlink_server_set_userdata(VarlinkServer *s, void *userdata);
 void *varlink_server_get_userdata(VarlinkServer *s);
 
@@ -111,6 +112,20 @@ typedef enum VarlinkMethodFlags {
 int varlink_server_bind(VarlinkServer *s, const char *method, VarlinkMethod cb);
 int varlink_server_bind_full(VarlinkServer *s, const char *method, VarlinkMethod cb, VarlinkMethodFlags flags);
 void varlink_server_set_connect_handlers(VarlinkServer *s, VarlinkConnectFn on_connect, VarlinkDisconnectFn on_disconnect);
+
+/* One method of a service's interface, for varlink_server_new_service(). */
+typedef struct VarlinkMethodBinding {
+        const char *method;
+        VarlinkMethod cb;
+        VarlinkMethodFlags flags;
+} VarlinkMethodBinding;
+
+/* A halyard service's server: GetInfo says vendor "halyard", product (a
+ * string that outlives the server) and this build's version; the interface
+ * from its IDL text, its methods bound, userdata set. */
+int varlink_server_new_service(sd_event *e, const char *product, const char *interface_idl,
+                               const VarlinkMethodBinding *methods, size_t n_methods, void *userdata,
+                               VarlinkServer **ret);
 
 /* Limits: max connections (new ones beyond are accepted and closed at once,
  * so clients see a clean EOF rather than a hang) and max message size. */

@@ -1445,33 +1445,12 @@ void arcd_psl_free(Manager *m) {
 }
 
 int arcd_varlink_setup(Manager *m) {
-        static const struct {
-                const char *method;
-                VarlinkMethod cb;
-                VarlinkMethodFlags flags;
-        } methods[] = {
+        static const VarlinkMethodBinding methods[] = {
                 { "io.halyard.Arc.Authenticate", method_authenticate, VARLINK_METHOD_ACCEPTS_FDS },
                 { "io.halyard.Arc.Seal", method_seal, VARLINK_METHOD_ACCEPTS_FDS },
                 { "io.halyard.Arc.Sign", method_sign, VARLINK_METHOD_ACCEPTS_FDS },
                 { "io.halyard.Arc.GetStatus", method_get_status, 0 },
         };
-        static const VarlinkServerInfo info = {
-                .vendor = "halyard",
-                .product = "halyard-arcd",
-                .version = HALYARD_VERSION,
-                .url = "",
-        };
-        int r = varlink_server_new(m->event, &info, &m->varlink);
-        if (r < 0)
-                return r;
-        varlink_server_set_userdata(m->varlink, m);
-        r = varlink_server_add_interface(m->varlink, io_halyard_Arc_varlink);
-        if (r < 0)
-                return r;
-        for (size_t i = 0; i < ELEMENTSOF(methods); i++) {
-                r = varlink_server_bind_full(m->varlink, methods[i].method, methods[i].cb, methods[i].flags);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return varlink_server_new_service(m->event, "halyard-arcd", io_halyard_Arc_varlink,
+                                          methods, ELEMENTSOF(methods), m, &m->varlink);
 }

@@ -561,11 +561,7 @@ static void on_disconnect(VarlinkServer *s, Varlink *link, void *userdata) {
 }
 
 int queued_varlink_setup(Manager *m) {
-        static const struct {
-                const char *method;
-                VarlinkMethod cb;
-                VarlinkMethodFlags flags;
-        } methods[] = {
+        static const VarlinkMethodBinding methods[] = {
                 { "io.halyard.Queue.Enqueue", method_enqueue, VARLINK_METHOD_ACCEPTS_FDS },
                 { "io.halyard.Queue.GetStatus", method_get_status, 0 },
                 { "io.halyard.Queue.List", method_list, VARLINK_METHOD_REQUIRES_MORE },
@@ -577,26 +573,10 @@ int queued_varlink_setup(Manager *m) {
                 { "io.halyard.Queue.Bounce", method_bounce, 0 },
                 { "io.halyard.Queue.Monitor", method_monitor, VARLINK_METHOD_REQUIRES_MORE },
         };
-        static const VarlinkServerInfo info = {
-                .vendor = "halyard",
-                .product = "halyard-queued",
-                .version = HALYARD_VERSION,
-                .url = "",
-        };
-        int r;
-
-        r = varlink_server_new(m->event, &info, &m->varlink);
+        int r = varlink_server_new_service(m->event, "halyard-queued", io_halyard_Queue_varlink,
+                                           methods, ELEMENTSOF(methods), m, &m->varlink);
         if (r < 0)
                 return r;
-        varlink_server_set_userdata(m->varlink, m);
         varlink_server_set_connect_handlers(m->varlink, NULL, on_disconnect);
-        r = varlink_server_add_interface(m->varlink, io_halyard_Queue_varlink);
-        if (r < 0)
-                return r;
-        for (size_t i = 0; i < ELEMENTSOF(methods); i++) {
-                r = varlink_server_bind_full(m->varlink, methods[i].method, methods[i].cb, methods[i].flags);
-                if (r < 0)
-                        return r;
-        }
         return 0;
 }

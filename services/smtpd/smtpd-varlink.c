@@ -156,25 +156,12 @@ static int method_policy_trace(Varlink *link, json_object *parameters, VarlinkCa
 }
 
 int smtpd_varlink_setup(Manager *m) {
-        static const VarlinkServerInfo info = {
-                .vendor = "halyard",
-                .product = "halyard-smtpd",
-                .version = HALYARD_VERSION,
-                .url = "",
+        static const VarlinkMethodBinding methods[] = {
+                { "io.halyard.Smtpd.GetStatus", method_get_status, 0 },
+                { "io.halyard.Smtpd.PolicyCacheList", method_policy_cache_list, 0 },
+                { "io.halyard.Smtpd.PolicyCacheClear", method_policy_cache_clear, 0 },
+                { "io.halyard.Smtpd.PolicyTrace", method_policy_trace, 0 },
         };
-        int r = varlink_server_new(m->event, &info, &m->varlink);
-        if (r < 0)
-                return r;
-        varlink_server_set_userdata(m->varlink, m);
-        r = varlink_server_add_interface(m->varlink, io_halyard_Smtpd_varlink);
-        if (r < 0)
-                return r;
-        r = varlink_server_bind(m->varlink, "io.halyard.Smtpd.GetStatus", method_get_status);
-        if (r >= 0)
-                r = varlink_server_bind(m->varlink, "io.halyard.Smtpd.PolicyCacheList", method_policy_cache_list);
-        if (r >= 0)
-                r = varlink_server_bind(m->varlink, "io.halyard.Smtpd.PolicyCacheClear", method_policy_cache_clear);
-        if (r >= 0)
-                r = varlink_server_bind(m->varlink, "io.halyard.Smtpd.PolicyTrace", method_policy_trace);
-        return r;
+        return varlink_server_new_service(m->event, "halyard-smtpd", io_halyard_Smtpd_varlink, methods,
+                                          ELEMENTSOF(methods), m, &m->varlink);
 }

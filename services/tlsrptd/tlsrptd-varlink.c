@@ -232,33 +232,13 @@ static int method_list_reports(Varlink *link, json_object *params, VarlinkCallFl
 }
 
 int tlsrptd_varlink_setup(Manager *m) {
-        static const struct {
-                const char *method;
-                VarlinkMethod cb;
-        } methods[] = {
+        static const VarlinkMethodBinding methods[] = {
                 { "io.halyard.TlsRpt.Record", method_record },
                 { "io.halyard.TlsRpt.GetStatus", method_get_status },
                 { "io.halyard.TlsRpt.Preview", method_preview },
                 { "io.halyard.TlsRpt.SendReports", method_send_reports },
                 { "io.halyard.TlsRpt.ListReports", method_list_reports },
         };
-        static const VarlinkServerInfo info = {
-                .vendor = "halyard",
-                .product = "halyard-tlsrptd",
-                .version = HALYARD_VERSION,
-                .url = "",
-        };
-        int r = varlink_server_new(m->event, &info, &m->varlink);
-        if (r < 0)
-                return r;
-        varlink_server_set_userdata(m->varlink, m);
-        r = varlink_server_add_interface(m->varlink, io_halyard_TlsRpt_varlink);
-        if (r < 0)
-                return r;
-        for (size_t i = 0; i < ELEMENTSOF(methods); i++) {
-                r = varlink_server_bind(m->varlink, methods[i].method, methods[i].cb);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return varlink_server_new_service(m->event, "halyard-tlsrptd", io_halyard_TlsRpt_varlink,
+                                          methods, ELEMENTSOF(methods), m, &m->varlink);
 }

@@ -50,6 +50,9 @@ class Queued:
         # The first connection turns systemd-socket-activate into queued.
         wait_until(lambda: self.proc.poll() is not None or os.readlink("/proc/%d/exe" % self.proc.pid) == str(QUEUED),
                    10, what="queued exec")
+        if self.proc.poll() is not None:
+            self.stderr.flush()
+            raise RuntimeError("queued exited with %s at start:\n%s" % (self.proc.returncode, self.log()[-4000:]))
         return self
 
     def kill(self, sig=signal.SIGKILL):

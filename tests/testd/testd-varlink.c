@@ -130,11 +130,7 @@ static int method_log(Varlink *link, json_object *params, VarlinkCallFlags flags
 }
 
 int testd_varlink_setup(Manager *m) {
-        static const struct {
-                const char *method;
-                VarlinkMethod cb;
-                VarlinkMethodFlags flags;
-        } methods[] = {
+        static const VarlinkMethodBinding methods[] = {
                 { "io.halyard.Test.GetStatus", method_get_status, 0 },
                 { "io.halyard.Test.Ping", method_ping, 0 },
                 { "io.halyard.Test.Echo", method_echo, 0 },
@@ -143,25 +139,6 @@ int testd_varlink_setup(Manager *m) {
                 { "io.halyard.Test.ReadFd", method_read_fd, VARLINK_METHOD_ACCEPTS_FDS },
                 { "io.halyard.Test.Log", method_log, 0 },
         };
-        static const VarlinkServerInfo info = {
-                .vendor = "halyard",
-                .product = "halyard-testd",
-                .version = HALYARD_VERSION,
-                .url = "",
-        };
-        int r;
-
-        r = varlink_server_new(m->event, &info, &m->varlink);
-        if (r < 0)
-                return r;
-        varlink_server_set_userdata(m->varlink, m);
-        r = varlink_server_add_interface(m->varlink, io_halyard_Test_varlink);
-        if (r < 0)
-                return r;
-        for (size_t i = 0; i < ELEMENTSOF(methods); i++) {
-                r = varlink_server_bind_full(m->varlink, methods[i].method, methods[i].cb, methods[i].flags);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return varlink_server_new_service(m->event, "halyard-testd", io_halyard_Test_varlink,
+                                          methods, ELEMENTSOF(methods), m, &m->varlink);
 }
