@@ -76,6 +76,7 @@
 #include <time.h>
 #include <zlib.h>
 
+#include "io.h"
 #include "macro.h"
 #include "queued-spool.h"
 
@@ -173,23 +174,6 @@ static SpoolJob *job_free(SpoolJob *j) {
 DEFINE_TRIVIAL_CLEANUP_FUNC(SpoolJob *, job_free);
 
 /* ---- small I/O helpers ---- */
-
-static int write_all(int fd, const void *p, size_t n) {
-        const uint8_t *b = p;
-        while (n > 0) {
-                ssize_t k = write(fd, b, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return negative_errno();
-                }
-                if (k == 0)
-                        return -EIO;
-                b += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
 
 /* Reads exactly n bytes from offset 0 (less means the file shrank: -ENODATA). */
 static int pread_exact(int fd, void *p, size_t n, uint64_t off) {

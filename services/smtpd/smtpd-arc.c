@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io.h"
 #include "log.h"
 #include "macro.h"
 #include "smtpd-arc.h"
@@ -359,21 +360,6 @@ static const char *error_text(json_object *parameters, const char *error, char *
 
 
 /* ---- message rewriting -------------------------------------------------------- */
-
-static int write_all(int fd, const void *p, size_t n) {
-        const char *q = p;
-        while (n > 0) {
-                ssize_t k = write(fd, q, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                q += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
 
 typedef struct Mapped {
         char *data;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "dns.h"
+#include "io.h"
 #include "log.h"
 #include "smtpd-policy.h"
 #include "smtpd-redis.h"
@@ -1064,22 +1065,6 @@ void smtpd_policy_queue_choices(PolicyValue *actions, json_object *rcpts) {
                         json_object_object_add(target, "helo", json_object_new_string(helo));
         }
 }
-
-static int write_all(int fd, const void *p, size_t n) {
-        const char *q = p;
-        while (n > 0) {
-                ssize_t k = write(fd, q, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                q += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
 
 int smtpd_policy_edit_headers(int fd, uint64_t skip, PolicyValue *actions, int *ret_fd) {
         HeaderBlock h = {};

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io.h"
 #include "log.h"
 #include "macro.h"
 #include "tlsrptd.h"
@@ -230,20 +231,6 @@ int journal_load(Manager *m) {
         }
         closedir(d);
         return r;
-}
-
-static int write_all(int fd, const char *p, size_t n) {
-        while (n > 0) {
-                ssize_t k = write(fd, p, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
 }
 
 typedef struct CompactState {
