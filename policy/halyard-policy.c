@@ -346,37 +346,12 @@ static PolicyRun *session_run(Session *s, PolicyPhase phase, PolicyValue *argume
         return run;
 }
 
-/* As smtpd's verdict_of(): the language's phase defaults give way to the
- * built-in rules. */
-static PolicyVerdict verdict_of(const PolicyResult *r) {
-        return r->by_default || r->no_handler ? POLICY_VERDICT_NONE : r->verdict;
-}
-
-static void reply_text_safe(char *out, size_t n, const char *in) {
-        size_t i = 0;
-        for (; in[i] && i + 1 < n; i++)
-                out[i] = (unsigned char) in[i] < 0x20 || in[i] == 0x7f ? ' ' : in[i];
-        out[i] = 0;
-}
-
 /* smtpd's policy_refused(): the reply for Reject()/Defer(), and true. */
 static bool session_refused(Session *s, const PolicyResult *r) {
-        unsigned code;
-        const char *enhanced, *text;
-        char clean[400];
-
-        if (verdict_of(r) == POLICY_VERDICT_REJECT) {
-                code = r->code ?: 550;
-                enhanced = r->enhanced[0] ? r->enhanced : "5.7.1";
-                text = r->reason ?: "Rejected by policy";
-        } else if (verdict_of(r) == POLICY_VERDICT_DEFER) {
-                code = r->code ?: 451;
-                enhanced = r->enhanced[0] ? r->enhanced : "4.7.1";
-                text = r->reason ?: "Try again later";
-        } else
+        PolicyReply pr;
+        if (!policy_result_reply(r, false, &pr))
                 return false;
-        reply_text_safe(clean, sizeof clean, text);
-        session_reply(s, "%u %s %s", code, enhanced, clean);
+        session_reply(s, "%u %s %s", pr.code, pr.enhanced, pr.text);
         if (r->disconnect) {
                 s->closing = true;
                 s->closed_locally = true;
@@ -529,7 +504,7 @@ static void cmd_rcpt(Session *s, const char *arg) {
                 return session_oom(s);
         if (run && session_refused(s, policy_run_result(run)))
                 return;
-        if (!run || verdict_of(policy_run_result(run)) != POLICY_VERDICT_ACCEPT) {
+        if (!run || policy_result_verdict(policy_run_result(run)) != POLICY_VERDICT_ACCEPT) {
                 PolicyValue *d = policy_array_get_str(path, "domain");
                 const char *domain = d ? policy_value_string(d, NULL) : NULL;
                 const char *why = pm                                  ? "postmaster"
@@ -742,7 +717,7 @@ static void cmd_auth(Session *s, const char *arg, FILE *in) {
         if (oom)
                 return session_reply(s, "454 4.7.0 Temporary authentication failure");
         const PolicyResult *r = run ? policy_run_result(run) : NULL;
-        switch (r ? verdict_of(r) : POLICY_VERDICT_NONE) {
+        switch (r ? policy_result_verdict(r) : POLICY_VERDICT_NONE) {
         case POLICY_VERDICT_ACCEPT:
                 snprintf(s->auth_user, sizeof s->auth_user, "%s", r->username && *r->username ? r->username : user);
                 snprintf(s->auth_mech, sizeof s->auth_mech, "PLAIN");
@@ -874,14 +849,11 @@ static int verb_session(const char *path, const SessionOptions *o) {
                 args = policy_value_unref(args);
         PolicyRun *run = session_phase(&s, POLICY_PHASE_CONNECT, args, &oom);
         const PolicyResult *res = run ? policy_run_result(run) : NULL;
+        PolicyReply pr;
         if (oom)
                 r = -ENOMEM;
-        else if (res && (verdict_of(res) == POLICY_VERDICT_REJECT || verdict_of(res) == POLICY_VERDICT_DEFER)) {
-                bool reject = verdict_of(res) == POLICY_VERDICT_REJECT;
-                char text[300];
-                reply_text_safe(text, sizeof text, res->reason ?: reject ? "Service refused" : "Service not available, try again later");
-                session_reply(&s, "%u %s %s %s", res->code ?: (reject ? 554 : 421),
-                              res->enhanced[0] ? res->enhanced : reject ? "5.7.1" : "4.7.1", s.hostname, text);
+        else if (res && policy_result_reply(res, true, &pr)) {
+                session_reply(&s, "%u %s %s %s", pr.code, pr.enhanced, s.hostname, pr.text);
                 s.closing = s.closed_locally = true;
                 r = 0;
         } else {

@@ -1365,6 +1365,28 @@ const PolicyResult *policy_run_result(const PolicyRun *r) {
         return r->done ? &r->result : NULL;
 }
 
+PolicyVerdict policy_result_verdict(const PolicyResult *r) {
+        return r->by_default || r->no_handler ? POLICY_VERDICT_NONE : r->verdict;
+}
+
+bool policy_result_reply(const PolicyResult *r, bool at_connect, PolicyReply *ret) {
+        PolicyVerdict v = policy_result_verdict(r);
+        if (v != POLICY_VERDICT_REJECT && v != POLICY_VERDICT_DEFER)
+                return false;
+        bool reject = v == POLICY_VERDICT_REJECT;
+        const char *text = r->reason ?: at_connect ? (reject ? "Service refused" : "Service not available, try again later")
+                                                   : (reject ? "Rejected by policy" : "Try again later");
+        ret->code = r->code ?: at_connect ? (reject ? 554 : 421) : (reject ? 550 : 451);
+        ret->enhanced = r->enhanced[0] ? r->enhanced : reject ? "5.7.1" : "4.7.1";
+        /* A reply line stays within RFC 5321's 512 octets (4.5.3.1.5); the
+         * greeting also carries the host name, up to 255. */
+        size_t i = 0, max = at_connect ? 240 : sizeof ret->text - 1;
+        for (; text[i] && i < max; i++)
+                ret->text[i] = (unsigned char) text[i] < 0x20 || text[i] == 0x7f ? ' ' : text[i];
+        ret->text[i] = 0;
+        return true;
+}
+
 PolicyValue *policy_run_context(const PolicyRun *r) {
         return r->special[SPECIAL_CONTEXT];
 }

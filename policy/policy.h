@@ -165,6 +165,22 @@ int policy_run_abort(PolicyRun *r, const char *why);
 const PolicyResult *policy_run_result(const PolicyRun *r);
 PolicyValue *policy_run_context(const PolicyRun *r);
 
+/* The script's own verdict: NONE when a phase default applied or no handler
+ * ran, so that the embedder's built-in rules (local domains, trusted
+ * clients) decide. */
+PolicyVerdict policy_result_verdict(const PolicyResult *r);
+
+typedef struct PolicyReply {
+        unsigned code;
+        const char *enhanced;
+        char text[400]; /* control characters replaced by spaces */
+} PolicyReply;
+
+/* For the script's Reject() or Defer(): the SMTP reply, and true; false for
+ * any other outcome. At connect the defaults are 554/421 (RFC 5321 3.1),
+ * elsewhere 550/451. */
+bool policy_result_reply(const PolicyResult *r, bool at_connect, PolicyReply *ret);
+
 /* The result as JSON: verdict, code, enhanced, reason, disconnect, flags,
  * actions, error, at. */
 int policy_result_to_json(const PolicyResult *r, json_object **ret);

@@ -714,21 +714,6 @@ static void message_policy(Session *s) {
 
 /* ---- the policy ------------------------------------------------------ */
 
-/* The script's text for a reply line: no control octets. */
-static void reply_text_safe(char *out, size_t n, const char *in) {
-        size_t i = 0;
-        for (; in[i] && i + 1 < n; i++)
-                out[i] = (unsigned char) in[i] < 0x20 || in[i] == 0x7f ? ' ' : in[i];
-        out[i] = 0;
-}
-
-/* A verdict the script gave; the language's phase defaults (a handler that
- * ends without one) give way to smtpd's built-in rules, which know the
- * local domains and trusted clients. */
-static PolicyVerdict verdict_of(const PolicyResult *r) {
-        return r->by_default || r->no_handler ? POLICY_VERDICT_NONE : r->verdict;
-}
-
 static bool policy_has(Session *s, PolicyPhase phase) {
         return s->policy && policy_generation_has_handler(s->policy, phase);
 }
@@ -1005,22 +990,10 @@ static void session_policy(Session *s, PolicyPhase phase, PolicyValue *arguments
 
 /* For a Reject() or Defer() verdict: the reply, and true. */
 static bool policy_refused(Session *s, const PolicyResult *r) {
-        unsigned code;
-        const char *enhanced, *text;
-        char clean[400];
-
-        if (verdict_of(r) == POLICY_VERDICT_REJECT) {
-                code = r->code ?: 550;
-                enhanced = r->enhanced[0] ? r->enhanced : "5.7.1";
-                text = r->reason ?: "Rejected by policy";
-        } else if (verdict_of(r) == POLICY_VERDICT_DEFER) {
-                code = r->code ?: 451;
-                enhanced = r->enhanced[0] ? r->enhanced : "4.7.1";
-                text = r->reason ?: "Try again later";
-        } else
+        PolicyReply pr;
+        if (!policy_result_reply(r, false, &pr))
                 return false;
-        reply_text_safe(clean, sizeof clean, text);
-        reply_error(s, REJECT_POLICY, code, enhanced, clean);
+        reply_error(s, REJECT_POLICY, pr.code, pr.enhanced, pr.text);
         if (r->disconnect)
                 s->phase = PHASE_CLOSING;
         return true;
@@ -1120,7 +1093,7 @@ static void auth_verify_builtin(Session *s);
  * (counted and delayed like a wrong password), Defer(), or no decision: the
  * password file. */
 static void after_auth_policy(Session *s, const PolicyResult *r) {
-        switch (verdict_of(r)) {
+        switch (policy_result_verdict(r)) {
         case POLICY_VERDICT_ACCEPT:
                 auth_success(s, r->username && *r->username ? r->username : s->sasl.user);
                 return;
@@ -1340,7 +1313,7 @@ static void rcpt_builtin(Session *s, const SmtpCommand *cmd) {
 static void after_rcpt(Session *s, const PolicyResult *r) {
         if (policy_refused(s, r))
                 return;
-        if (verdict_of(r) == POLICY_VERDICT_ACCEPT)
+        if (policy_result_verdict(r) == POLICY_VERDICT_ACCEPT)
                 rcpt_add(s, s->policy_cmd);
         else
                 rcpt_builtin(s, s->policy_cmd);
@@ -1674,12 +1647,9 @@ static void session_fail(Session *s, const char *why) {
 /* A refusal at connect closes: 554 (RFC 5321 3.1) or 421. */
 static void after_connect(Session *s, const PolicyResult *r) {
         s->greeted = true;
-        if (verdict_of(r) == POLICY_VERDICT_REJECT || verdict_of(r) == POLICY_VERDICT_DEFER) {
-                bool reject = verdict_of(r) == POLICY_VERDICT_REJECT;
-                char text[300];
-                reply_text_safe(text, sizeof text, r->reason ?: reject ? "Service refused" : "Service not available, try again later");
-                reply(s, "%u %s %s %s", r->code ?: (reject ? 554 : 421),
-                      r->enhanced[0] ? r->enhanced : reject ? "5.7.1" : "4.7.1", s->manager->settings.hostname, text);
+        PolicyReply pr;
+        if (policy_result_reply(r, true, &pr)) {
+                reply(s, "%u %s %s %s", pr.code, pr.enhanced, s->manager->settings.hostname, pr.text);
                 reject_log(s, REJECT_POLICY, r->reason ?: "refused at connect");
                 s->phase = PHASE_CLOSING;
                 return;
